@@ -1,0 +1,79 @@
+"""Facts about the Pythia suite: sizes, parameter counts, shapes, checkpoints and hub ids."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SEQUENCES_PER_STEP = 1024
+TOKENS_PER_SEQUENCE = 2048  # inputs per sequence (each stored row has 2049 tokens)
+FINAL_STEP = 143_000
+PAPER_CHECKPOINTS = (23_000, 43_000, 63_000, 83_000, 103_000, 123_000, 143_000)
+
+
+@dataclass(frozen=True)
+class PythiaSize:
+    name: str
+    params: int  # total parameters, from the Pythia model cards
+    layers: int
+    hidden: int
+    heads: int
+    vocab: int = 50304
+
+
+SIZES = {
+    s.name: s
+    for s in (
+        PythiaSize("70m", 70_426_624, 6, 512, 8),
+        PythiaSize("160m", 162_322_944, 12, 768, 12),
+        PythiaSize("410m", 405_334_016, 24, 1024, 16),
+        PythiaSize("1b", 1_011_781_632, 16, 2048, 8),
+        PythiaSize("1.4b", 1_414_647_808, 24, 2048, 16),
+        PythiaSize("2.8b", 2_775_208_960, 32, 2560, 32),
+        PythiaSize("6.9b", 6_857_302_016, 32, 4096, 32),
+        PythiaSize("12b", 11_846_072_320, 36, 5120, 40, vocab=50688),
+    )
+}
+
+_MODEL_ID = re.compile(r"(?:^|/)pythia-(?P<size>[0-9.]+[mb])(?P<deduped>-deduped)?(?:$|[-_/])")
+_STEP = re.compile(r"^step(\d+)$")
+
+
+def hub_id(size: str, deduped: bool) -> str:
+    return f"EleutherAI/pythia-{size}{'-deduped' if deduped else ''}"
+
+
+def size_of(model: str) -> PythiaSize | None:
+    """The Pythia size a model id or path names (`EleutherAI/pythia-1b-deduped` → 1b), if any."""
+    match = _MODEL_ID.search(model)
+    return SIZES.get(match.group("size")) if match else None
+
+
+def step_of_revision(revision: str | None) -> int | None:
+    """`step143000` → 143000; anything else → None."""
+    match = _STEP.match(revision or "")
+    return int(match.group(1)) if match else None
+
+
+def training_compute(params: int, step: int) -> float:
+    """≈ 6 · parameters · tokens seen, the usual estimate of training FLOPs."""
+    return 6.0 * params * step * SEQUENCES_PER_STEP * TOKENS_PER_SEQUENCE
+
+
+def neox_config_kwargs(size: str) -> dict:
+    """transformers GPTNeoXConfig arguments for a Pythia shape (random weights, same compute)."""
+    s = SIZES[size]
+    return dict(
+        vocab_size=s.vocab,
+        hidden_size=s.hidden,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        intermediate_size=4 * s.hidden,
+        rotary_pct=0.25,
+        rotary_emb_base=10000,
+        use_parallel_residual=True,
+        max_position_embeddings=2048,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
