@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-tasks", type=int, default=None, help="how many slices in all")
     ev.add_argument("--data-parallel", type=int, default=1,
                     help="engines on this node, each on its own sub-slice and GPU(s)")
+    # Set by --data-parallel on the child processes it starts: which sub-slice is theirs.
+    ev.add_argument("--dp-rank", type=int, default=None, help=argparse.SUPPRESS)
     ev.add_argument("--staging-dir", default=None, help="local staging folder for --out s3://")
     ev.add_argument("--params", type=int, default=None,
                     help="parameter count to record (known for Pythia)")
@@ -158,7 +160,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # --data-parallel starts children with the same command line
     try:
         return dispatch(args)
     except VmemError as err:

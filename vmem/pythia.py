@@ -55,9 +55,18 @@ def step_of_revision(revision: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def training_compute(params: int, step: int) -> float:
+def suite_of(model: str) -> str | None:
+    """`EleutherAI/pythia-1b` → "pythia", `…-deduped` → "pythia-deduped"; not Pythia → None."""
+    match = _MODEL_ID.search(model)
+    if not match or match.group("size") not in SIZES:
+        return None
+    return "pythia-deduped" if match.group("deduped") else "pythia"
+
+
+def training_compute(params: int, step: int, *, sequences_per_step: int = SEQUENCES_PER_STEP,
+                     tokens_per_sequence: int = TOKENS_PER_SEQUENCE) -> float:
     """≈ 6 · parameters · tokens seen, the usual estimate of training FLOPs."""
-    return 6.0 * params * step * SEQUENCES_PER_STEP * TOKENS_PER_SEQUENCE
+    return 6.0 * params * step * sequences_per_step * tokens_per_sequence
 
 
 def neox_config_kwargs(size: str) -> dict:

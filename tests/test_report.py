@@ -1,0 +1,310 @@
+"""`vmem report` and `vmem export-memorized` on real merged-run files written to disk."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from vmem import analysis
+from vmem.cli import main
+
+CONT_LEN = 32
+
+# The dataset card of the released memorized-sequence lists (docs: method-and-data.md).
+PUBLISHED_DUPED = {
+    "70m": (463_953, "0.317%"), "160m": (689_673, "0.471%"), "410m": (970_341, "0.663%"),
+    "1b": (1_256_141, "0.858%"), "1.4b": (1_373_722, "0.938%"), "2.8b": (1_675_077, "1.144%"),
+    "6.9b": (2_120_969, "1.448%"), "12b": (2_382_326, "1.627%"),
+}
+FINAL_SEQUENCES = 146_432_000
+
+
+def write_run(folder: Path, name: str, *, model: str, step: int | None, start: int, stop: int,
+              memorized: list[int], fmt: str = "parquet", params: int | None = None,
+              batch_size: int = 1024, matches: np.ndarray | None = None,
+              logprobs: bool = False, seed: int = 0) -> Path:
+    """A merged run as `vmem merge` leaves it: table sorted by index + NAME.manifest.json."""
+    rng = np.random.default_rng(seed)
+    index = np.arange(start, stop)
+    if matches is None:
+        matches = rng.integers(0, CONT_LEN, size=index.size)  # never CONT_LEN: not memorized
+        matches[np.asarray(memorized, dtype=np.int64) - start] = CONT_LEN
+    table = pd.DataFrame(dict(index=index, score=matches / CONT_LEN, matches=matches,
+                              prefix_match=np.minimum(matches, rng.integers(0, CONT_LEN + 1,
+                                                                            index.size))))
+    if logprobs:
+        table["cont_logprob"] = np.where(matches == CONT_LEN, -rng.random(index.size),
+                                         -5 - 20 * rng.random(index.size))
+    path = folder / f"{name}.{fmt}"
+    if fmt == "parquet":
+        table.to_parquet(path, index=False)
+    else:  # as `vmem merge` writes it (pyarrow quotes the header)
+        pacsv.write_csv(pa.Table.from_pandas(table, preserve_index=False), path)
+    settings = dict(model=model, revision=None if step is None else f"step{step}",
+                    dtype="float16", engine="vllm", prompt_len=32, cont_len=CONT_LEN, offset=0,
+                    eos_mode="paper", logprobs=logprobs,
+                    data=dict(location="/data/document", layout="merged",
+                              num_sequences=FINAL_SEQUENCES, seq_len=2049, dtype="uint16"),
+                    start=start, stop=stop, batch_size=batch_size)
+    manifest = dict(vmem_version="0.1.0", settings=settings, fingerprint="0123456789",
+                    engine_info={}, step=step, params=params, created="2024-01-01T00:00:00Z")
+    (folder / f"{name}.manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+# Planted memorized sets. 70m sees [100, 1100), 410m's final checkpoint [0, 1000): they share
+# [100, 1000). Inside it: 7 memorized by both, 5 by 70m only, 11 by 410m only; 2 (70m) and 3
+# (410m) more lie outside the shared range and must not count.
+BOTH = list(range(100, 170, 10))
+CHEAP_ONLY = list(range(105, 155, 10))
+TARGET_ONLY = list(range(300, 410, 10))
+TARGET_OUTSIDE = [5, 50, 60]
+CHEAP_OUTSIDE = [1000, 1050]
+# 410m at step 23000 sees [0, 600) and memorized these: 4 also memorized by the final checkpoint.
+EARLY = [5, 50, 100, 110, 555, 556]
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_run(runs, "p70m-final", model="EleutherAI/pythia-70m", step=143_000, start=100,
+              stop=1100, memorized=BOTH + CHEAP_ONLY + CHEAP_OUTSIDE, fmt="csv", seed=1)
+    write_run(runs, "p410m-final", model="EleutherAI/pythia-410m", step=143_000, start=0,
+              stop=1000, memorized=BOTH + TARGET_ONLY + TARGET_OUTSIDE, seed=2, logprobs=True)
+    write_run(runs, "p410m-23k", model="EleutherAI/pythia-410m", step=23_000, start=0, stop=600,
+              memorized=EARLY, seed=3)
+    return runs
+
+
+def run_report(results: Path, out: Path) -> None:
+    assert main(["report", str(results), "-o", str(out)]) == 0
+
+
+def test_predictability_confusion_matrices_are_exact(study: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    run_report(study, out)
+    pred = pd.read_csv(out / "tables" / "predictability.csv").set_index(["family", "cheap"])
+
+    a = pred.loc[("A", "p70m-final")]
+    assert a["target"] == "p410m-final"
+    assert (a["tp"], a["fp"], a["fn"], a["tn"]) == (7, 5, 11, 900 - 23)
+    assert a["precision"] == pytest.approx(7 / 12)
+    assert a["recall"] == pytest.approx(7 / 18)
+    assert a["fpr"] == pytest.approx(5 / 882)
+    assert a["f1"] == pytest.approx(2 * 7 / (2 * 7 + 5 + 11))
+    assert (a["start"], a["stop"]) == (100, 1000)
+    assert a["cheap_compute"] == pytest.approx(6 * 70_426_624 * 143_000 * 1024 * 2048)
+
+    # Final 410m memorized 3 + 7 + 11 = 21 of [0, 600); the early checkpoint hits 5, 50, 100, 110.
+    b = pred.loc[("B", "p410m-23k")]
+    assert b["target"] == "p410m-final"
+    assert (b["tp"], b["fp"], b["fn"], b["tn"]) == (4, 2, 17, 600 - 23)
+    assert b["precision"] == pytest.approx(4 / 6)
+    assert b["recall"] == pytest.approx(4 / 21)
+    assert len(pred) == 2
+
+    rates = pd.read_csv(out / "tables" / "memorization_rates.csv").set_index("run")
+    assert list(rates.columns[:6]) == ["model", "step", "params", "evaluated", "memorized",
+                                       "share"]
+    assert rates.loc["p70m-final", "memorized"] == 14
+    assert rates.loc["p410m-final", "evaluated"] == 1000
+    assert rates.loc["p410m-final", "share"] == pytest.approx(21 / 1000)
+
+    dist = pd.read_csv(out / "tables" / "score_distribution.csv")
+    per_run = dist.groupby("run")
+    assert (per_run.size() == CONT_LEN + 1).all()
+    assert (per_run["sequences"].sum() == rates["evaluated"].reindex(per_run.size().index)).all()
+
+
+@pytest.mark.parametrize("size", PUBLISHED_DUPED)
+def test_published_counts_give_published_shares(size: str) -> None:
+    memorized, share = PUBLISHED_DUPED[size]
+    assert f"{analysis.memorized_share(memorized, FINAL_SEQUENCES):.3%}" == share
+
+
+def test_a_run_with_k_memorized_of_n_reports_k_over_n(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    memorized = np.random.default_rng(7).choice(5000, size=81, replace=False) + 20_000
+    write_run(runs, "k-of-n", model="EleutherAI/pythia-12b", step=143_000, start=20_000,
+              stop=25_000, memorized=sorted(memorized.tolist()))
+    run_report(runs, tmp_path / "report")
+    row = pd.read_csv(tmp_path / "report" / "tables" / "memorization_rates.csv").iloc[0]
+    assert (row["evaluated"], row["memorized"]) == (5000, 81)
+    assert row["share"] == pytest.approx(81 / 5000)
+    assert "1.620% (81 of 5,000)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_power_law_fit_recovers_exponent() -> None:
+    compute = np.geomspace(1e18, 1e23, 9)
+    exact = analysis.fit_power_law(compute, 3e-6 * compute ** 0.21)
+    assert exact.exponent == pytest.approx(0.21, rel=1e-9)
+    assert exact.coefficient == pytest.approx(3e-6, rel=1e-6)
+    assert exact.r2 == pytest.approx(1.0)
+    noise = np.exp(np.random.default_rng(0).normal(0, 0.05, compute.size))
+    noisy = analysis.fit_power_law(compute, 3e-6 * compute ** 0.21 * noise)
+    assert noisy.exponent == pytest.approx(0.21, abs=0.02)
+    assert analysis.fit_power_law(np.array([1e20, 1e20]), np.array([0.1, 0.2])) is None
+
+
+def test_score_trend_against_step(tmp_path: Path) -> None:
+    # 4 sequences per step, steps 0..31; every sequence of step s matches s tokens.
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_run(runs, "trend", model="local/tiny", step=None, start=0, stop=128, memorized=[],
+              batch_size=4, matches=np.repeat(np.arange(32), 4))
+    run_report(runs, tmp_path / "report")
+    trend = pd.read_csv(tmp_path / "report" / "tables" / "score_trend.csv").iloc[0]
+    assert trend["slope_per_1000_steps"] == pytest.approx(1000 / 32)
+    assert trend["mean_score"] == pytest.approx(15.5 / 32)
+    by_step = pd.read_csv(tmp_path / "report" / "tables" / "score_by_step.csv")
+    assert by_step["sequences"].sum() == 128
+    first = by_step.iloc[0]
+    assert first["mean_score"] == pytest.approx(
+        np.mean(np.arange(first["step_start"], first["step_stop"])) / 32)
+
+
+def test_figures_embedded_and_every_run_named(study: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    run_report(study, out)
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert {p.stem for p in pngs} >= {"memorization_rates", "score_distribution", "predictability",
+                                     "recall_vs_compute", "score_by_step", "logprob"}
+    html = (out / "report.html").read_text()
+    markdown = (out / "report.md").read_text()
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+        assert f"data:image/png;base64,{base64.b64encode(data).decode()}" in html
+        assert f"figures/{png.name}" in markdown
+    assert "<img src=\"figures/" not in html
+    for run in ("p70m-final", "p410m-final", "p410m-23k"):
+        assert run in markdown and run in html
+    summary = pd.read_csv(out / "tables" / "logprob_summary.csv").set_index("group")
+    assert summary.loc["memorized", "sequences"] == 21
+    assert summary.loc["memorized", "mean"] > summary.loc["not memorized", "mean"]
+
+
+def test_report_is_deterministic_and_replaces_an_earlier_report(study: Path,
+                                                                 tmp_path: Path) -> None:
+    run_report(study, tmp_path / "one")
+    run_report(study, tmp_path / "two")
+    run_report(study, tmp_path / "two")  # over an earlier report: replaced whole
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*")
+                   if p.is_file())
+    assert len(files) > 10
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_report_from_s3_equals_local(study: Path, tmp_path: Path, s3_server, s3_client,
+                                     s3_bucket) -> None:
+    for path in study.iterdir():
+        s3_client.upload_file(str(path), s3_bucket, f"study/{path.name}")
+    s3_client.put_object(Bucket=s3_bucket, Key="study/nested/ignored.csv", Body=b"x")
+    run_report(study, tmp_path / "local")
+    assert main(["report", f"s3://{s3_bucket}/study", "-o", str(tmp_path / "remote"),
+                 "--s3-endpoint", s3_server]) == 0
+    for table in (tmp_path / "local" / "tables").iterdir():
+        assert (tmp_path / "remote" / "tables" / table.name).read_bytes() == table.read_bytes()
+
+
+def error_of(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vmem: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_empty_folder(tmp_path: Path, capsys) -> None:
+    (tmp_path / "runs").mkdir()
+    err = error_of(["report", str(tmp_path / "runs"), "-o", str(tmp_path / "out")], capsys)
+    assert "no merged runs" in err and str(tmp_path / "runs") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_without_manifest(study: Path, tmp_path: Path, capsys) -> None:
+    (study / "p410m-23k.manifest.json").unlink()
+    err = error_of(["report", str(study), "-o", str(tmp_path / "out")], capsys)
+    assert "p410m-23k.parquet: no manifest" in err
+    assert list(tmp_path.iterdir()) == [study]  # nothing written, not even a temp folder
+
+
+def test_runs_without_common_sequences(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_run(runs, "small", model="EleutherAI/pythia-70m", step=143_000, start=0, stop=100,
+              memorized=[1])
+    write_run(runs, "large", model="EleutherAI/pythia-1b", step=143_000, start=100, stop=200,
+              memorized=[101])
+    err = error_of(["report", str(runs), "-o", str(tmp_path / "out")], capsys)
+    assert "small [0, 100) and large [100, 200) share no sequence index" in err
+
+
+def test_missing_target_checkpoint(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for step in (23_000, 43_000):
+        write_run(runs, f"p1b-{step}", model="EleutherAI/pythia-1b", step=step, start=0,
+                  stop=100, memorized=[3])
+    err = error_of(["report", str(runs), "-o", str(tmp_path / "out")], capsys)
+    assert "EleutherAI/pythia-1b has checkpoints 23000, 43000 but not" in err
+    assert "step143000" in err
+
+
+def test_table_with_a_missing_index(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    path = write_run(runs, "gap", model="EleutherAI/pythia-1b", step=143_000, start=0, stop=50,
+                     memorized=[], fmt="csv")
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:11] + lines[12:]) + "\n")  # drop index 10
+    err = error_of(["report", str(runs), "-o", str(tmp_path / "out")], capsys)
+    assert "gap.csv: row 10 has index 11, expected 10" in err
+
+
+def test_output_folder_that_is_not_a_report(study: Path, tmp_path: Path, capsys) -> None:
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    err = error_of(["report", str(study), "-o", str(keep)], capsys)
+    assert "is not a vmem report folder" in err
+    assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_export_memorized(tmp_path: Path) -> None:
+    # A raw Pythia-like .bin: 300 sequences of 2049 uint16 tokens.
+    tokens = np.random.default_rng(5).integers(0, 50_000, size=(300, 2049), dtype=np.uint16)
+    data = tmp_path / "tokens.bin"
+    tokens.tofile(data)
+    memorized = [3, 4, 5, 7, 100, 250, 299]
+    run = write_run(tmp_path, "run", model="EleutherAI/pythia-70m", step=143_000, start=0,
+                    stop=300, memorized=memorized)
+    out = tmp_path / "memorized.parquet"
+    assert main(["export-memorized", str(run), "-o", str(out), "--data", str(data),
+                 "--seq-len", "2049"]) == 0
+    table = pq.read_table(out)
+    assert table.schema.field("tokens").type == pa.list_(pa.int64())
+    assert table.column("index").to_pylist() == memorized
+    assert table.column("tokens").to_pylist() == tokens[memorized, :64].tolist()
+
+
+def test_export_memorized_beyond_the_dataset(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "tokens.bin"
+    np.zeros((10, 2049), dtype=np.uint16).tofile(data)
+    run = write_run(tmp_path, "run", model="EleutherAI/pythia-70m", step=143_000, start=0,
+                    stop=20, memorized=[15])
+    err = error_of(["export-memorized", str(run), "-o", str(tmp_path / "m.parquet"), "--data",
+                    str(data), "--seq-len", "2049"], capsys)
+    assert "has 10 sequences" in err and "memorized index 15" in err
+    assert list(tmp_path.glob("*m.parquet*")) == []

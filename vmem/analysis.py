@@ -1,0 +1,289 @@
+"""The paper's numbers from loaded runs, as tables (pandas DataFrames, one row per run or pair).
+
+Everything works on the runs' index-aligned uint8 arrays in fixed-size chunks, so a 146M-sequence
+run costs a few temporary megabytes per pass, never a Python loop over sequences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from vmem.comparisons import Comparison
+from vmem.errors import VmemError
+from vmem.runs import Run
+
+CHUNK = 1 << 22  # sequences per vectorised pass: bounds the temporaries to a few tens of MB
+
+
+def memorized_share(memorized: int, evaluated: int) -> float:
+    return memorized / evaluated
+
+
+def score_counts(run: Run) -> np.ndarray:
+    """How many sequences reached each number of matches 0..cont_len."""
+    counts = np.zeros(run.cont_len + 1, dtype=np.int64)
+    for a, b in _chunks(0, run.evaluated):
+        counts += np.bincount(run.matches[a:b], minlength=run.cont_len + 1)
+    return counts
+
+
+def rates_table(runs: list[Run], counts: dict[str, np.ndarray]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        memorized = int(counts[run.name][run.cont_len])
+        rows.append(dict(run=run.name, model=run.label, step=run.step, params=run.params,
+                         evaluated=run.evaluated, memorized=memorized,
+                         share=memorized_share(memorized, run.evaluated), suite=run.suite,
+                         start=run.start, stop=run.stop, cont_len=run.cont_len))
+    return _frame(rows, ["step", "params"])
+
+
+def distribution_table(runs: list[Run], counts: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Share of each score value (matches / cont_len) per run."""
+    rows = []
+    for run in runs:
+        for matches, n in enumerate(counts[run.name]):
+            rows.append(dict(run=run.name, matches=matches, score=matches / run.cont_len,
+                             sequences=int(n), share=int(n) / run.evaluated))
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """'memorized by the cheap run' as a predictor of 'memorized by the target run'."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    @property
+    def precision(self) -> float:
+        return _ratio(self.tp, self.tp + self.fp)
+
+    @property
+    def recall(self) -> float:
+        return _ratio(self.tp, self.tp + self.fn)
+
+    @property
+    def fpr(self) -> float:
+        return _ratio(self.fp, self.fp + self.tn)
+
+    @property
+    def f1(self) -> float:
+        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+
+
+def overlap(a: Run, b: Run) -> tuple[int, int]:
+    """The sequence indices both runs have seen; a comparison is restricted to them."""
+    start, stop = max(a.start, b.start), min(a.stop, b.stop)
+    if start >= stop:
+        raise VmemError(f"runs {a.name} [{a.start}, {a.stop}) and {b.name} [{b.start}, {b.stop}) "
+                        "share no sequence index; a comparison needs sequences both have seen")
+    return start, stop
+
+
+def confusion(cheap: Run, target: Run) -> Confusion:
+    start, stop = overlap(cheap, target)
+    both = by_cheap = by_target = 0
+    for a, b in _chunks(start, stop):
+        c = cheap.matches[a - cheap.start:b - cheap.start] == cheap.cont_len
+        t = target.matches[a - target.start:b - target.start] == target.cont_len
+        both += np.count_nonzero(c & t)
+        by_cheap += np.count_nonzero(c)
+        by_target += np.count_nonzero(t)
+    return Confusion(tp=both, fp=by_cheap - both, fn=by_target - both,
+                     tn=(stop - start) - by_cheap - by_target + both)
+
+
+def predictability_table(comparisons: list[Comparison]) -> pd.DataFrame:
+    rows = []
+    for comp in comparisons:
+        cm = confusion(comp.cheap, comp.target)
+        start, stop = overlap(comp.cheap, comp.target)
+        compute = comp.cheap.compute
+        rows.append(dict(family=comp.family, cheap=comp.cheap.name, target=comp.target.name,
+                         tp=cm.tp, fp=cm.fp, fn=cm.fn, tn=cm.tn, precision=cm.precision,
+                         recall=cm.recall, fpr=cm.fpr, f1=cm.f1,
+                         cheap_compute=math.nan if compute is None else compute,
+                         suite=comp.target.suite, cheap_model=comp.cheap.label,
+                         cheap_step=comp.cheap.step, cheap_params=comp.cheap.params,
+                         target_model=comp.target.label, target_step=comp.target.step,
+                         start=start, stop=stop))
+    columns = ["family", "cheap", "target", "tp", "fp", "fn", "tn", "precision", "recall", "fpr",
+               "f1", "cheap_compute", "suite", "cheap_model", "cheap_step", "cheap_params",
+               "target_model", "target_step", "start", "stop"]
+    return _frame(rows, ["cheap_step", "cheap_params", "target_step"], columns)
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y ≈ coefficient · x ** exponent, fitted by least squares in log-log space."""
+
+    exponent: float
+    coefficient: float
+    r2: float
+    points: int
+
+    def __call__(self, x: np.ndarray | float) -> np.ndarray | float:
+        return self.coefficient * np.power(x, self.exponent)
+
+
+def fit_power_law(x: np.ndarray, y: np.ndarray) -> PowerLaw | None:
+    """Fit over the points with x > 0 and y > 0; None if fewer than two distinct x remain."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    lx, ly = np.log10(x[keep]), np.log10(y[keep])
+    if np.unique(lx).size < 2:
+        return None
+    exponent, intercept = np.polyfit(lx, ly, 1)
+    residual = np.sum((ly - (exponent * lx + intercept)) ** 2)
+    total = np.sum((ly - ly.mean()) ** 2)
+    return PowerLaw(float(exponent), float(10.0 ** intercept),
+                    float(1.0 - residual / total) if total > 0 else math.nan, int(keep.sum()))
+
+
+def compute_fits(predictability: pd.DataFrame) -> dict[tuple[str, str], tuple[PowerLaw, tuple]]:
+    """Recall against the cheap run's training compute: one power law per suite and family,
+    with the compute range it was fitted on."""
+    fits = {}
+    for (suite, family), rows in predictability.groupby(["suite", "family"], sort=True):
+        law = fit_power_law(rows["cheap_compute"].to_numpy(), rows["recall"].to_numpy())
+        if law is not None:
+            used = rows[(rows["cheap_compute"] > 0) & (rows["recall"] > 0)]["cheap_compute"]
+            fits[(suite, family)] = (law, (float(used.min()), float(used.max())))
+    return fits
+
+
+def compute_fit_table(fits: dict[tuple[str, str], tuple[PowerLaw, tuple]]) -> pd.DataFrame:
+    rows = [dict(family=family, suite=suite, exponent=law.exponent, coefficient=law.coefficient,
+                 r2=law.r2, points=law.points, compute_min=lo, compute_max=hi)
+            for (suite, family), (law, (lo, hi)) in sorted(fits.items())]
+    return _frame(rows, [], ["family", "suite", "exponent", "coefficient", "r2", "points",
+                             "compute_min", "compute_max"])
+
+
+def equi_compute_table(predictability: pd.DataFrame,
+                       fits: dict[tuple[str, str], tuple[PowerLaw, tuple]]) -> pd.DataFrame:
+    """Both families' fitted recall at the same compute: at every cheap run's compute of a suite
+    that has both fits; `within` says whether both fits cover that compute (no extrapolation)."""
+    rows = []
+    for suite in sorted({s for s, _ in fits}):
+        if (suite, "A") not in fits or (suite, "B") not in fits:
+            continue
+        (law_a, (lo_a, hi_a)), (law_b, (lo_b, hi_b)) = fits[(suite, "A")], fits[(suite, "B")]
+        computes = predictability.loc[predictability["suite"] == suite, "cheap_compute"]
+        for compute in np.unique(computes[computes > 0].to_numpy()):
+            recall_a, recall_b = float(law_a(compute)), float(law_b(compute))
+            better = "A" if recall_a > recall_b else "B" if recall_b > recall_a else "tie"
+            rows.append(dict(suite=suite, compute=float(compute), recall_A=recall_a,
+                             recall_B=recall_b, better=better,
+                             within=bool(max(lo_a, lo_b) <= compute <= min(hi_a, hi_b))))
+    return _frame(rows, [], ["suite", "compute", "recall_A", "recall_B", "better", "within"])
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """Per training step: how many of the run's sequences it holds and their summed matches."""
+
+    steps: np.ndarray
+    sequences: np.ndarray
+    matches: np.ndarray
+
+
+def step_profile(run: Run) -> StepProfile:
+    bs = run.sequences_per_step
+    first_boundary = -(-run.start // bs) * bs  # the first step start at or after run.start
+    edges = np.unique(np.concatenate(
+        [[0], np.arange(first_boundary, run.stop, bs, dtype=np.int64) - run.start]))
+    per_pass = max(1, CHUNK // bs)  # steps summed per pass: reduceat copies its input to int64
+    sums = np.concatenate([
+        np.add.reduceat(run.matches[edges[i]:edges[i + per_pass] if i + per_pass < edges.size
+                                    else run.evaluated], edges[i:i + per_pass] - edges[i],
+                        dtype=np.int64)
+        for i in range(0, edges.size, per_pass)])
+    sizes = np.diff(np.append(edges, run.evaluated))
+    return StepProfile((run.start + edges) // bs, sizes, sums)
+
+
+def score_by_step_table(runs: list[Run], profiles: dict[str, StepProfile],
+                        bins: int = 50) -> pd.DataFrame:
+    """Mean score in up to `bins` contiguous groups of training steps, per run."""
+    rows = []
+    for run in runs:
+        p = profiles[run.name]
+        starts = np.array([g[0] for g in np.array_split(np.arange(p.steps.size),
+                                                        min(bins, p.steps.size))])
+        sequences = np.add.reduceat(p.sequences, starts)
+        matches = np.add.reduceat(p.matches, starts)
+        stops = np.append(p.steps[starts[1:]], p.steps[-1] + 1)
+        for step_start, step_stop, n, m in zip(p.steps[starts], stops, sequences, matches,
+                                               strict=True):
+            rows.append(dict(run=run.name, step_start=int(step_start), step_stop=int(step_stop),
+                             sequences=int(n), mean_score=m / (n * run.cont_len)))
+    return pd.DataFrame(rows)
+
+
+def trend_table(runs: list[Run], profiles: dict[str, StepProfile]) -> pd.DataFrame:
+    """Least-squares line of score against training step over all of a run's sequences (each
+    sequence weighs one: a step's mean score weighted by its sequence count)."""
+    rows = []
+    for run in runs:
+        p = profiles[run.name]
+        w, x = p.sequences.astype(np.float64), p.steps.astype(np.float64)
+        y = p.matches / (w * run.cont_len)
+        x_mean, y_mean = np.average(x, weights=w), np.average(y, weights=w)
+        spread = np.sum(w * (x - x_mean) ** 2)
+        slope = np.sum(w * (x - x_mean) * (y - y_mean)) / spread if spread > 0 else math.nan
+        rows.append(dict(run=run.name, sequences=run.evaluated, mean_score=float(y_mean),
+                         slope_per_1000_steps=float(slope) * 1000,
+                         intercept=float(y_mean - slope * x_mean),
+                         step_first=int(p.steps[0]), step_last=int(p.steps[-1])))
+    return pd.DataFrame(rows)
+
+
+def logprob_tables(runs: list[Run], bins: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Teacher-forced continuation log-prob of memorized vs other sequences: a summary per group
+    and a histogram on bins shared by both groups of a run."""
+    summary, histogram = [], []
+    for run in runs:
+        if run.cont_logprob is None:
+            continue
+        memorized = run.matches == run.cont_len
+        finite = run.cont_logprob[np.isfinite(run.cont_logprob)]
+        edges = np.histogram_bin_edges(finite, bins=bins) if finite.size else np.array([0.0, 1.0])
+        for group, mask in (("memorized", memorized), ("not memorized", ~memorized)):
+            values = run.cont_logprob[mask]
+            values = values[np.isfinite(values)]
+            summary.append(dict(run=run.name, group=group, sequences=int(values.size),
+                                mean=float(values.mean()) if values.size else math.nan,
+                                median=float(np.median(values)) if values.size else math.nan))
+            counts, _ = np.histogram(values, bins=edges)
+            histogram += [dict(run=run.name, group=group, bin_start=float(lo), bin_stop=float(hi),
+                               sequences=int(n))
+                          for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)]
+    return (_frame(summary, [], ["run", "group", "sequences", "mean", "median"]),
+            _frame(histogram, [], ["run", "group", "bin_start", "bin_stop", "sequences"]))
+
+
+def _chunks(start: int, stop: int) -> Iterator[tuple[int, int]]:
+    for a in range(start, stop, CHUNK):
+        yield a, min(a + CHUNK, stop)
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+
+def _frame(rows: list[dict], nullable_ints: list[str],
+           columns: list[str] | None = None) -> pd.DataFrame:
+    """A table whose optional integer columns stay integers (Int64) when some values are missing."""
+    frame = pd.DataFrame(rows, columns=columns or (list(rows[0]) if rows else None))
+    for column in nullable_ints:
+        frame[column] = frame[column].astype("Int64")
+    return frame

@@ -1,0 +1,87 @@
+"""Which cheap run predicts which target run: the paper's two families of comparisons.
+
+Family A: every smaller model at a checkpoint predicts the largest model of its suite there.
+Family B: every earlier checkpoint of a model predicts that model's final checkpoint (Pythia:
+step143000; other models: their latest evaluated step).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from vmem import pythia
+from vmem.errors import VmemError
+from vmem.runs import OTHER_SUITE, Run
+
+FAMILIES = {
+    "A": "smaller model, same checkpoint → largest model",
+    "B": "earlier checkpoint → same model's final checkpoint",
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    family: str  # "A" or "B"
+    cheap: Run
+    target: Run
+
+
+def plan_comparisons(runs: list[Run], where: str) -> list[Comparison]:
+    """All family A and B comparisons among `runs` (found in `where`, for messages)."""
+    by_model_step: dict[tuple[str, int | None], Run] = {}
+    for run in runs:
+        other = by_model_step.setdefault((run.model, run.step), run)
+        if other is not run:
+            raise VmemError(f"{where}: runs {other.name} and {run.name} are both {run.model} at "
+                            f"step {run.step}; keep one run per model and checkpoint")
+    return _smaller_models(runs, where) + _earlier_checkpoints(runs, where)
+
+
+def _smaller_models(runs: list[Run], where: str) -> list[Comparison]:
+    groups: dict[tuple[str, int | None], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.suite, run.step)].append(run)
+    comparisons = []
+    for (_, step), group in sorted(groups.items(), key=_suite_then_step):
+        if len(group) < 2:
+            continue
+        for run in group:
+            if run.params is None:
+                raise VmemError(f"{run.name}: parameter count unknown (not a Pythia model and no "
+                                "'params' in its manifest; pass --params to vmem evaluate); "
+                                f"needed to find the largest model at step {step}")
+        group = sorted(group, key=lambda r: (r.params, r.name))
+        target = group[-1]
+        if group[-2].params == target.params:
+            raise VmemError(f"{where}: {group[-2].name} and {target.name} have the same parameter "
+                            f"count at step {step}; cannot tell which model is the largest")
+        comparisons += [Comparison("A", cheap, target) for cheap in group[:-1]]
+    return comparisons
+
+
+def _suite_then_step(item: tuple[tuple[str, int | None], list[Run]]) -> tuple[str, int]:
+    (suite, step), _ = item
+    return suite, -1 if step is None else step
+
+
+def _earlier_checkpoints(runs: list[Run], where: str) -> list[Comparison]:
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.model].append(run)
+    comparisons = []
+    for model, group in sorted(groups.items()):
+        if len(group) < 2:
+            continue
+        for run in group:
+            if run.step is None:
+                raise VmemError(f"{run.name}: training step unknown (no 'step' in its manifest, "
+                                f"revision not stepN); needed to order the checkpoints of {model}")
+        group = sorted(group, key=lambda r: r.step)
+        final = group[-1].step if group[0].suite == OTHER_SUITE else pythia.FINAL_STEP
+        if group[-1].step != final:
+            steps = ", ".join(str(r.step) for r in group)
+            raise VmemError(f"{where}: {model} has checkpoints {steps} but not its final "
+                            f"checkpoint step{final}, the target they predict; add that run")
+        comparisons += [Comparison("B", cheap, group[-1]) for cheap in group[:-1]]
+    return comparisons

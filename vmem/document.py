@@ -1,0 +1,92 @@
+"""A report as a list of blocks, rendered twice: Markdown beside its PNGs, and one self-contained
+HTML file with the figures embedded as base64 data URIs."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+line-height:1.45;color:#222}table{border-collapse:collapse;font-size:.85em;margin:.8em 0}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}img{max-width:100%}figcaption{font-size:.9em;
+color:#555}code{background:#f3f3f3;padding:0 .2em}"""
+
+
+class Document:
+    def __init__(self, title: str):
+        self.title = title
+        self.blocks: list[tuple] = []
+
+    def heading(self, text: str) -> None:
+        self.blocks.append(("heading", text))
+
+    def paragraph(self, text: str) -> None:
+        self.blocks.append(("paragraph", text))
+
+    def bullets(self, items: list[str]) -> None:
+        self.blocks.append(("bullets", items))
+
+    def table(self, frame: pd.DataFrame) -> None:
+        """A table of already formatted strings."""
+        self.blocks.append(("table", frame))
+
+    def figure(self, path: str, caption: str) -> None:
+        """`path` relative to the report folder."""
+        self.blocks.append(("figure", path, caption))
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for kind, *body in self.blocks:
+            if kind == "heading":
+                out += [f"## {body[0]}", ""]
+            elif kind == "paragraph":
+                out += [body[0], ""]
+            elif kind == "bullets":
+                out += [f"- {item}" for item in body[0]] + [""]
+            elif kind == "table":
+                frame = body[0]
+                out.append("| " + " | ".join(frame.columns) + " |")
+                out.append("|" + "|".join("---" for _ in frame.columns) + "|")
+                out += ["| " + " | ".join(row) + " |" for row in frame.astype(str).to_numpy()]
+                out.append("")
+            else:
+                path, caption = body
+                out += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+        return "\n".join(out)
+
+    def html(self, root: Path) -> str:
+        """One file: figures under `root` are read and embedded."""
+        out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+               f"<title>{html.escape(self.title)}</title><style>{STYLE}</style></head><body>",
+               f"<h1>{html.escape(self.title)}</h1>"]
+        for kind, *body in self.blocks:
+            if kind == "heading":
+                out.append(f"<h2>{html.escape(body[0])}</h2>")
+            elif kind == "paragraph":
+                out.append(f"<p>{_inline(body[0])}</p>")
+            elif kind == "bullets":
+                out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in body[0]) + "</ul>")
+            elif kind == "table":
+                frame = body[0]
+                head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+                rows = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row)
+                               + "</tr>" for row in frame.astype(str).to_numpy())
+                out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            else:
+                path, caption = body
+                data = base64.b64encode((root / path).read_bytes()).decode("ascii")
+                out.append(f'<figure><img src="data:image/png;base64,{data}" '
+                           f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+                           "</figcaption></figure>")
+        out.append("</body></html>")
+        return "\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Escape, then render the one Markdown span the report uses: `code`."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))

@@ -1,0 +1,307 @@
+"""`vmem report`: merged runs → the paper's tables, figures, report.md and report.html;
+`vmem export-memorized`: one run's memorized sequences with their first tokens."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vmem import analysis, figures
+from vmem.comparisons import FAMILIES, plan_comparisons
+from vmem.data import Dataset, open_dataset
+from vmem.document import Document
+from vmem.errors import VmemError
+from vmem.mmidx import atomic_path
+from vmem.runs import Run, load_run, load_runs
+
+EXPORT_MAX_GAP = 4  # memorized sequences this close are read in one span (cheaper than a request)
+EXPORT_MAX_SPAN = 1024  # ... but a span never crosses a multiple of this many sequences
+EXPORT_ROWS_PER_GROUP = 65_536
+
+
+def report_command(args) -> int:
+    out = Path(args.output)
+    _check_report_folder(out)
+    runs = load_runs(args.results, s3_endpoint=args.s3_endpoint)
+    write_report(runs, args.results, out)
+    print(f"vmem report: {len(runs)} runs → {out}/report.html, report.md, tables/, figures/")
+    return 0
+
+
+def write_report(runs: list[Run], results: str, out: Path) -> None:
+    """Compute everything first (a bad input fails before anything is written), then write the
+    report into a temporary folder beside `out` and rename it into place."""
+    runs = sorted(runs, key=lambda r: (r.suite, r.params or 0, r.step or 0, r.name))
+    tables, fits = _tables(runs, results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "tables").mkdir()
+        (tmp / "figures").mkdir()
+        for name, table in tables.items():
+            table.to_csv(tmp / "tables" / f"{name}.csv", index=False, float_format="%.10g",
+                         lineterminator="\n")
+        drawn = _figures(tables, fits, tmp / "figures")
+        document = _document(runs, results, tables, drawn)
+        (tmp / "report.md").write_text(document.markdown(), encoding="utf-8")
+        (tmp / "report.html").write_text(document.html(tmp), encoding="utf-8")
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _tables(runs: list[Run], results: str) -> tuple[dict[str, pd.DataFrame], dict]:
+    counts = {run.name: analysis.score_counts(run) for run in runs}
+    profiles = {run.name: analysis.step_profile(run) for run in runs}
+    predictability = analysis.predictability_table(plan_comparisons(runs, results))
+    fits = analysis.compute_fits(predictability)
+    tables = {
+        "memorization_rates": analysis.rates_table(runs, counts),
+        "score_distribution": analysis.distribution_table(runs, counts),
+        "predictability": predictability,
+        "compute_fit": analysis.compute_fit_table(fits),
+        "equi_compute": analysis.equi_compute_table(predictability, fits),
+        "score_by_step": analysis.score_by_step_table(runs, profiles),
+        "score_trend": analysis.trend_table(runs, profiles),
+    }
+    if any(run.cont_logprob is not None for run in runs):
+        tables["logprob_summary"], tables["logprob_histogram"] = analysis.logprob_tables(runs)
+    return tables, fits
+
+
+def _figures(tables: dict[str, pd.DataFrame], fits: dict, folder: Path) -> dict[str, str]:
+    """Draw what the tables support; returns figure name → path relative to the report."""
+    drawn = {}
+
+    def draw(name: str, fn, *inputs) -> None:
+        fn(*inputs, folder / f"{name}.png")
+        drawn[name] = f"figures/{name}.png"
+
+    draw("memorization_rates", figures.memorization_rates, tables["memorization_rates"])
+    draw("score_distribution", figures.score_distribution, tables["score_distribution"])
+    if len(tables["predictability"]):
+        draw("predictability", figures.predictability, tables["predictability"])
+        if (tables["predictability"]["cheap_compute"] > 0).any():
+            draw("recall_vs_compute", figures.recall_vs_compute, tables["predictability"], fits)
+    draw("score_by_step", figures.score_by_step, tables["score_by_step"], tables["score_trend"])
+    if "logprob_histogram" in tables:
+        draw("logprob", figures.logprob_histograms, tables["logprob_histogram"])
+    return drawn
+
+
+def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
+              drawn: dict[str, str]) -> Document:
+    rates, pred = tables["memorization_rates"], tables["predictability"]
+    doc = Document("Memorization report")
+    doc.paragraph(
+        f"Made by `vmem report` from `{results}`: {len(runs)} runs, "
+        f"{_int(sum(r.evaluated for r in runs))} sequence evaluations in all. Each sequence's "
+        "first tokens are a prompt; the model continues it greedily, and the memorization score "
+        "is the share of continuation tokens equal to the true ones. A sequence is memorized "
+        "when the score is 1. Comparisons between two runs use only the sequences both have "
+        "seen.")
+
+    doc.heading("What was evaluated")
+    doc.table(_show(pd.DataFrame(dict(
+        run=[r.name for r in runs], model=[r.label for r in runs], suite=[r.suite for r in runs],
+        step=[r.step for r in runs], params=[r.params for r in runs],
+        indices=[f"[{_int(r.start)}, {_int(r.stop)})" for r in runs],
+        sequences=[r.evaluated for r in runs], cont_len=[r.cont_len for r in runs],
+        logprobs=["yes" if r.cont_logprob is not None else "no" for r in runs]))))
+
+    doc.heading("Headline numbers")
+    doc.bullets(_headlines(tables))
+
+    doc.heading("1. Memorized share per run")
+    doc.table(_show(rates[["run", "model", "step", "params", "evaluated", "memorized", "share"]]))
+    doc.figure(drawn["memorization_rates"], "Share of evaluated sequences with score 1, per run.")
+
+    doc.heading("2. Score distribution")
+    doc.paragraph("Most sequences score low; the share of each possible score value is plotted on "
+                  "a log scale, as in the paper. All values: `tables/score_distribution.csv`.")
+    doc.table(_show(_distribution_summary(tables["score_distribution"])))
+    doc.figure(drawn["score_distribution"], "Share of sequences at each score value (log scale).")
+
+    doc.heading("3. Predictability from cheaper runs")
+    doc.paragraph("'Memorized by the cheap run' used as a classifier of 'memorized by the target "
+                  f"run'. Family A: {FAMILIES['A']}. Family B: {FAMILIES['B']}.")
+    if len(pred):
+        doc.table(_show(pred[["family", "cheap", "target", "tp", "fp", "fn", "tn", "precision",
+                              "recall", "fpr", "f1"]]))
+        doc.figure(drawn["predictability"], "Precision and recall of each comparison.")
+    else:
+        doc.paragraph("No comparison: that needs two models of a suite at one checkpoint "
+                      "(family A) or two checkpoints of one model (family B).")
+
+    doc.heading("4. Recall against the cheap run's training compute")
+    doc.paragraph("Compute ≈ 6 · parameters · tokens seen (Pythia: step · 1024 · 2048 tokens). "
+                  "A power law recall = coefficient · compute^exponent is fitted per suite and "
+                  "family; the equi-compute table evaluates both fits at the same compute.")
+    if "recall_vs_compute" in drawn:
+        if len(tables["compute_fit"]):
+            doc.table(_show(tables["compute_fit"]))
+        if len(tables["equi_compute"]):
+            doc.table(_show(tables["equi_compute"]))
+        doc.figure(drawn["recall_vs_compute"], "Recall against compute, log-log, with fits.")
+    else:
+        doc.paragraph("No comparison with a known compute (parameters and step of the cheap run).")
+
+    doc.heading("5. Memorization score against training step")
+    doc.paragraph("Mean score of the sequences seen in each group of training steps; the slope "
+                  "is a least-squares line over all of a run's sequences.")
+    doc.table(_show(tables["score_trend"][["run", "sequences", "mean_score",
+                                           "slope_per_1000_steps", "step_first", "step_last"]]))
+    doc.figure(drawn["score_by_step"], "Mean memorization score against training step.")
+
+    if "logprob" in drawn:
+        doc.heading("6. Continuation log-probability")
+        doc.paragraph("Teacher-forced log-probability of the true continuation (runs evaluated "
+                      "with --logprobs), memorized vs other sequences.")
+        doc.table(_show(tables["logprob_summary"]))
+        doc.figure(drawn["logprob"], "Distribution of the continuation's log-probability.")
+
+    doc.heading("Files")
+    doc.bullets([f"`tables/{name}.csv`" for name in tables]
+                + [f"`{path}`" for path in drawn.values()])
+    return doc
+
+
+def _headlines(tables: dict[str, pd.DataFrame]) -> list[str]:
+    rates, pred = tables["memorization_rates"], tables["predictability"]
+    lines = []
+    for which, row in (("Highest", rates.loc[rates["share"].idxmax()]),
+                       ("Lowest", rates.loc[rates["share"].idxmin()])):
+        lines.append(f"{which} memorized share: {row['run']} ({row['model']}), "
+                     f"{_pct(row['share'])} ({_int(row['memorized'])} of "
+                     f"{_int(row['evaluated'])}).")
+    for family, rows in pred.groupby("family", sort=True):
+        lines.append(f"Family {family} ({FAMILIES[family]}): {len(rows)} comparisons, mean "
+                     f"precision {_num(rows['precision'].mean())}, mean recall "
+                     f"{_num(rows['recall'].mean())}.")
+    for row in tables["compute_fit"].itertuples():
+        lines.append(f"{row.suite}, family {row.family}: recall ∝ compute^{row.exponent:.3f} "
+                     f"(R² {_num(row.r2)}, {row.points} points).")
+    for suite, rows in tables["equi_compute"].groupby("suite", sort=True):
+        inside = rows[rows["within"]]
+        where = "compute points both fits cover"
+        if not len(inside):
+            inside, where = rows, "compute points (extrapolated: the fits share no compute range)"
+        lines.append(f"{suite}, at equal compute the better predictor is family B (earlier "
+                     f"checkpoints) at {(inside['better'] == 'B').sum()} and family A (smaller "
+                     f"models) at {(inside['better'] == 'A').sum()} of {len(inside)} {where}.")
+    return lines
+
+
+def _distribution_summary(distribution: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for run, d in distribution.groupby("run", sort=False):
+        rows.append(dict(run=run, mean_score=float((d["score"] * d["share"]).sum()),
+                         score_0=d.loc[d["matches"] == 0, "share"].sum(),
+                         score_at_least_half=d.loc[d["score"] >= 0.5, "share"].sum(),
+                         score_1=d["share"].iloc[-1]))
+    return pd.DataFrame(rows)
+
+
+def _show(frame: pd.DataFrame) -> pd.DataFrame:
+    """Display strings: counts with separators, shares as percentages, others 3-4 digits."""
+    shown = pd.DataFrame(index=frame.index)
+    for column in frame.columns:
+        values = frame[column]
+        if column in ("share", "score_0", "score_at_least_half", "score_1"):
+            shown[column] = [_pct(v) for v in values]
+        elif column in ("step", "cheap_step", "step_first", "step_last", "points"):
+            shown[column] = ["–" if pd.isna(v) else str(int(v)) for v in values]
+        elif pd.api.types.is_integer_dtype(values) or column == "params":
+            shown[column] = [_int(v) for v in values]
+        elif pd.api.types.is_float_dtype(values):
+            shown[column] = [_num(v) for v in values]
+        else:
+            shown[column] = values.astype(str)
+    return shown.reset_index(drop=True)
+
+
+def _int(v) -> str:
+    return "–" if v is None or pd.isna(v) else f"{int(v):,}"
+
+
+def _pct(v: float) -> str:
+    return "–" if pd.isna(v) else f"{v:.3%}"
+
+
+def _num(v: float) -> str:
+    if pd.isna(v):
+        return "–"
+    return f"{v:.3e}" if v != 0 and not 1e-3 <= abs(v) < 1e5 else f"{v:.4g}"
+
+
+def _check_report_folder(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                             and not (out / "report.md").exists())):
+        raise VmemError(f"{out}: exists and is not a vmem report folder; choose another -o")
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Put `new` at `out`, replacing an earlier report there."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.rename(out, old / "report")
+        os.rename(new, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(new, out)
+
+
+def export_memorized_command(args) -> int:
+    out = Path(args.output)
+    if out.suffix != ".parquet":
+        raise VmemError(f"{args.output}: -o must name a .parquet file")
+    run = load_run(args.run, s3_endpoint=args.s3_endpoint)
+    dataset = open_dataset(args.data, seq_len=args.seq_len, dtype=args.data_dtype,
+                           s3_endpoint=args.s3_endpoint)
+    if not 1 <= args.tokens <= dataset.seq_len:
+        raise VmemError(f"--tokens {args.tokens}: expected 1..{dataset.seq_len} (the sequence "
+                        f"length of {args.data})")
+    memorized = np.flatnonzero(run.matches == run.cont_len).astype(np.int64) + run.start
+    if memorized.size and memorized[-1] >= dataset.num_sequences:
+        raise VmemError(f"{args.data}: has {dataset.num_sequences} sequences, but {args.run} has "
+                        f"memorized index {memorized[-1]}; is it the run's dataset?")
+    write_memorized(dataset, memorized, args.tokens, out)
+    print(f"vmem export-memorized: {memorized.size:,} memorized sequences of {run.name} → {out}")
+    return 0
+
+
+def write_memorized(dataset: Dataset, memorized: np.ndarray, tokens: int, out: Path) -> None:
+    """Rows (index, first `tokens` tokens), read in spans of nearby memorized sequences."""
+    schema = pa.schema([("index", pa.int64()), ("tokens", pa.list_(pa.int64()))])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for group in np.array_split(memorized,
+                                    max(1, math.ceil(memorized.size / EXPORT_ROWS_PER_GROUP))):
+            spans = [_first_tokens(dataset, span, tokens) for span in _spans(group)]
+            rows = np.concatenate([np.empty((0, tokens), dtype=np.int64), *spans])
+            offsets = np.arange(0, rows.size + 1, tokens, dtype=np.int32)
+            writer.write_table(pa.table(
+                [pa.array(group), pa.ListArray.from_arrays(offsets, rows.ravel())], schema=schema))
+
+
+def _spans(indices: np.ndarray) -> list[np.ndarray]:
+    """Split sorted indices where the gap is large or a multiple of EXPORT_MAX_SPAN is crossed."""
+    if indices.size == 0:
+        return []
+    breaks = np.flatnonzero((np.diff(indices) > EXPORT_MAX_GAP)
+                            | (np.diff(indices // EXPORT_MAX_SPAN) != 0)) + 1
+    return np.split(indices, breaks)
+
+
+def _first_tokens(dataset: Dataset, span: np.ndarray, tokens: int) -> np.ndarray:
+    rows = dataset.read(int(span[0]), int(span[-1]) + 1)
+    return rows[span - span[0], :tokens].astype(np.int64)

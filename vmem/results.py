@@ -1,0 +1,210 @@
+"""A run's output folder: manifest, durable score shards, task completion markers, S3 staging.
+
+    OUT/manifest.json                    settings + range of the whole run (all tasks share it)
+    OUT/scores-<fp>-<start>-<stop>.csv   one chunk of rows; exists whole or not at all
+    OUT/tasks/task-<start>-<stop>.json   a finished task slice, with its counts and throughput
+
+What is done is the union of the shard files' ranges, so a run killed at any moment resumes exactly
+where it stopped. `<fp>` fingerprints the settings, so shards of different runs never mix unnoticed.
+With `OUT = s3://bucket/prefix`, files are written to a local staging folder first and uploaded as
+each completes; a failed upload keeps the local file, and the next start uploads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vmem import s3
+from vmem.errors import VmemError
+from vmem.mmidx import atomic_path
+
+SHARD_NAME = re.compile(r"^scores-(?P<fp>[0-9a-f]{10})-(?P<start>\d{12})-(?P<stop>\d{12})\.csv$")
+MANIFEST = "manifest.json"
+TASKS = "tasks"
+
+
+def fingerprint(settings: dict) -> str:
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def shard_name(fp: str, start: int, stop: int) -> str:
+    return f"scores-{fp}-{start:012d}-{stop:012d}.csv"
+
+
+def parse_shard_name(name: str) -> tuple[str, int, int] | None:
+    match = SHARD_NAME.match(name)
+    if not match:
+        return None
+    return match.group("fp"), int(match.group("start")), int(match.group("stop"))
+
+
+def task_marker_name(start: int, stop: int) -> str:
+    return f"{TASKS}/task-{start:012d}-{stop:012d}.json"
+
+
+def columns_for(logprobs: bool) -> list[str]:
+    return ["index", "score", "matches", "prefix_match"] + (["cont_logprob"] if logprobs else [])
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """The file exists whole or not at all, even after SIGKILL or a power cut."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def shard_csv(indices: np.ndarray, matches: np.ndarray, prefix_match: np.ndarray, cont_len: int,
+              cont_logprob: np.ndarray | None) -> bytes:
+    header = ",".join(columns_for(cont_logprob is not None))
+    scores = matches / cont_len  # exact in binary for cont_len a power of two; repr round-trips
+    if cont_logprob is None:
+        rows = (f"{i},{s!r},{m},{p}" for i, s, m, p in
+                zip(indices.tolist(), scores.tolist(), matches.tolist(), prefix_match.tolist()))
+    else:
+        rows = (f"{i},{s!r},{m},{p},{lp!r}" for i, s, m, p, lp in
+                zip(indices.tolist(), scores.tolist(), matches.tolist(), prefix_match.tolist(),
+                    cont_logprob.tolist()))
+    return ("\n".join([header, *rows]) + "\n").encode()
+
+
+def first_difference(old: dict, new: dict, prefix: str = "") -> str | None:
+    """The first setting (dotted path) whose value differs, as 'key: old != new'."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} != {b!r}"
+    return None
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def gaps(start: int, stop: int, done: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of [start, stop) not covered by the (merged, sorted) done ranges."""
+    todo, cursor = [], start
+    for a, b in done:
+        if b <= cursor or a >= stop:
+            continue
+        if a > cursor:
+            todo.append((cursor, a))
+        cursor = max(cursor, b)
+    if cursor < stop:
+        todo.append((cursor, stop))
+    return todo
+
+
+class RunFolder:
+    """OUT on local disk, or s3://bucket/prefix through a local staging folder."""
+
+    def __init__(self, out: str, *, staging_dir: str | None = None, s3_endpoint: str | None = None):
+        self.out = out
+        self.remote = None
+        if s3.is_s3(out):
+            bucket, prefix = s3.parse_s3_url(out)
+            self.client = s3.client(s3_endpoint)
+            self.remote = (bucket, prefix.rstrip("/") + "/" if prefix else "")
+            digest = hashlib.sha256(out.encode()).hexdigest()[:12]
+            staging_dir = staging_dir or os.path.join(tempfile.gettempdir(), "vmem-staging", digest)
+            self.local = Path(staging_dir)
+        else:
+            self.local = Path(out)
+        try:
+            (self.local / TASKS).mkdir(parents=True, exist_ok=True)
+            probe = self.local / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise VmemError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+
+    # -- manifest -----------------------------------------------------------------------------
+    def claim(self, manifest: dict) -> None:
+        """Write the manifest, or check that the one already there describes the same run."""
+        existing = self._read_json(MANIFEST)
+        if existing is not None:
+            diff = first_difference(existing.get("settings", {}), manifest["settings"])
+            if diff:
+                raise VmemError(f"--out {self.out} holds a run with different settings ({diff}); "
+                                f"use another --out")
+            return
+        foreign = {p[0] for p in map(parse_shard_name, self._names()) if p}
+        foreign.discard(manifest["fingerprint"])
+        if foreign:
+            raise VmemError(f"--out {self.out} holds score shards of another run (fingerprint "
+                            f"{sorted(foreign)[0]}) but no manifest; use another --out")
+        self._put(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+    # -- shards -------------------------------------------------------------------------------
+    def done_ranges(self, fp: str) -> list[tuple[int, int]]:
+        self._upload_pending()
+        parsed = [p for p in map(parse_shard_name, self._names()) if p and p[0] == fp]
+        return merge_ranges([(a, b) for _, a, b in parsed])
+
+    def write_shard(self, fp: str, start: int, stop: int, data: bytes) -> None:
+        self._put(shard_name(fp, start, stop), data)
+
+    # -- task markers ----------------------------------------------------------------------------
+    def task_finished(self, start: int, stop: int) -> bool:
+        return self._read_json(task_marker_name(start, stop)) is not None
+
+    def finish_task(self, start: int, stop: int, stats: dict) -> None:
+        self._put(task_marker_name(start, stop),
+                  (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
+
+    # -- storage ------------------------------------------------------------------------------
+    def _put(self, name: str, data: bytes) -> None:
+        write_atomic(self.local / name, data)
+        if self.remote:
+            bucket, prefix = self.remote
+            s3.upload_file(self.client, str(self.local / name), bucket, prefix + name)
+
+    def _read_json(self, name: str) -> dict | None:
+        path = self.local / name
+        if path.exists():
+            return json.loads(path.read_text())
+        if self.remote:
+            bucket, prefix = self.remote
+            if prefix + name in set(s3.list_keys(self.client, bucket, prefix + name)):
+                data = s3.get_bytes(self.client, bucket, prefix + name)
+                write_atomic(path, data)
+                return json.loads(data)
+        return None
+
+    def _local_names(self) -> set[str]:
+        return {p.name for p in self.local.iterdir() if p.is_file()}
+
+    def _remote_names(self) -> set[str]:
+        if not self.remote:
+            return set()
+        bucket, prefix = self.remote
+        return {k[len(prefix):] for k in s3.list_keys(self.client, bucket, prefix)}
+
+    def _names(self) -> set[str]:
+        return self._local_names() | self._remote_names()
+
+    def _upload_pending(self) -> None:
+        """Shards staged locally whose upload failed last time go up now, before anything new."""
+        if not self.remote:
+            return
+        bucket, prefix = self.remote
+        for name in sorted(self._local_names() - self._remote_names()):
+            if parse_shard_name(name):
+                s3.upload_file(self.client, str(self.local / name), bucket, prefix + name)

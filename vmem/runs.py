@@ -1,0 +1,249 @@
+"""Merged runs (`NAME.parquet|csv` + `NAME.manifest.json`) loaded into index-aligned numpy arrays.
+
+A run keeps one uint8 of matches per sequence (plus a float32 log-prob when recorded), so dozens
+of 146M-sequence runs fit in memory; tables are read in record batches straight into the arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from vmem import pythia, s3
+from vmem.errors import VmemError
+
+TABLE_SUFFIXES = (".parquet", ".csv")
+MANIFEST_SUFFIX = ".manifest.json"
+COLUMNS = "index,score,matches,prefix_match[,cont_logprob]"
+BATCH_ROWS = 1 << 20
+OTHER_SUITE = "other"  # every non-Pythia model: one suite, compared among themselves
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    name: str
+    table: str  # local path or s3:// URL
+    manifest: str
+
+
+@dataclass
+class Run:
+    name: str
+    table: str
+    model: str  # settings.model: what groups runs into one model
+    label: str  # short display name of the model
+    suite: str  # models compared with each other (duped and deduped Pythia are two suites)
+    step: int | None
+    params: int | None
+    start: int
+    stop: int
+    cont_len: int
+    sequences_per_step: int
+    tokens_per_sequence: int
+    matches: np.ndarray  # uint8; matches[i] is for sequence start + i
+    cont_logprob: np.ndarray | None  # float32, when the run recorded --logprobs
+
+    @property
+    def evaluated(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def compute(self) -> float | None:
+        """Training compute of the checkpoint, when parameters and step are known."""
+        if self.params is None or self.step is None:
+            return None
+        return pythia.training_compute(self.params, self.step,
+                                       sequences_per_step=self.sequences_per_step,
+                                       tokens_per_sequence=self.tokens_per_sequence)
+
+
+def find_runs(results: str, *, s3_endpoint: str | None = None) -> list[RunFiles]:
+    """The merged runs in a folder or s3:// prefix, by name; every table needs its manifest."""
+    names = _list_names(results, s3_endpoint)
+    tables = sorted(n for n in names if n.endswith(TABLE_SUFFIXES))
+    if not tables:
+        raise VmemError(f"{results}: no merged runs (NAME.parquet or NAME.csv with "
+                        f"NAME{MANIFEST_SUFFIX}) found")
+    runs, seen = [], {}
+    for table in tables:
+        stem = table.rsplit(".", 1)[0]
+        if stem in seen:
+            raise VmemError(f"{results}: run {stem!r} is there twice ({seen[stem]} and {table}); "
+                            "keep one table per run")
+        seen[stem] = table
+        if stem + MANIFEST_SUFFIX not in names:
+            raise VmemError(f"{_join(results, table)}: no manifest beside it; expected "
+                            f"{_join(results, stem + MANIFEST_SUFFIX)} (vmem merge writes it)")
+        runs.append(RunFiles(stem, _join(results, table), _join(results, stem + MANIFEST_SUFFIX)))
+    return runs
+
+
+def load_runs(results: str, *, s3_endpoint: str | None = None) -> list[Run]:
+    files = find_runs(results, s3_endpoint=s3_endpoint)
+    return [load_run(f.table, s3_endpoint=s3_endpoint) for f in files]
+
+
+def load_run(table: str, *, s3_endpoint: str | None = None) -> Run:
+    """One merged run; its manifest is `NAME.manifest.json` beside the table."""
+    if not table.endswith(TABLE_SUFFIXES):
+        raise VmemError(f"{table}: expected a merged run table NAME.parquet or NAME.csv")
+    stem = table.rsplit(".", 1)[0]
+    manifest_path = stem + MANIFEST_SUFFIX
+    run = _run_from_manifest(_read_manifest(manifest_path, s3_endpoint), manifest_path, table)
+    with _local_copy(table, s3_endpoint) as path:
+        _fill_arrays(run, path, logprobs=run.cont_logprob is not None)
+    return run
+
+
+def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
+    settings = manifest.get("settings")
+    if not isinstance(settings, dict):
+        raise VmemError(f"{where}: expected a vmem manifest with a 'settings' object")
+    try:
+        model = str(settings["model"])
+        start, stop, cont_len = (int(settings[k]) for k in ("start", "stop", "cont_len"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise VmemError(f"{where}: settings.model/start/stop/cont_len missing or not a number "
+                        f"({err})") from None
+    if not 0 <= start < stop or not 0 < cont_len < 256:
+        raise VmemError(f"{where}: expected 0 <= start < stop and 0 < cont_len < 256, got "
+                        f"start={start} stop={stop} cont_len={cont_len}")
+    step = manifest.get("step")
+    if step is None:
+        step = pythia.step_of_revision(settings.get("revision"))
+    params = manifest.get("params")
+    if params is None and (size := pythia.size_of(model)) is not None:
+        params = size.params
+    data = settings.get("data") or {}
+    name = Path(table.rsplit(".", 1)[0]).name
+    return Run(
+        name=name, table=table, model=model, label=Path(model.rstrip("/")).name or model,
+        suite=pythia.suite_of(model) or OTHER_SUITE,
+        step=None if step is None else int(step), params=None if params is None else int(params),
+        start=start, stop=stop, cont_len=cont_len,
+        sequences_per_step=int(settings.get("batch_size") or pythia.SEQUENCES_PER_STEP),
+        tokens_per_sequence=int(data.get("seq_len") or pythia.TOKENS_PER_SEQUENCE + 1) - 1,
+        matches=np.empty(stop - start, dtype=np.uint8),
+        cont_logprob=np.empty(stop - start, dtype=np.float32) if settings.get("logprobs")
+        else None,
+    )
+
+
+def _fill_arrays(run: Run, path: str, *, logprobs: bool) -> None:
+    """Read the table in record batches; every row must be the next index of [start, stop)."""
+    columns = ["index", "matches"] + (["cont_logprob"] if logprobs else [])
+    filled = 0
+    for batch in _record_batches(path, columns, run.table):
+        index = _column(batch, "index", run.table)
+        rows = len(index)
+        if filled + rows > run.evaluated:
+            raise VmemError(f"{run.table}: more rows than the manifest's range "
+                            f"[{run.start}, {run.stop}) has sequences")
+        expected = np.arange(run.start + filled, run.start + filled + rows)
+        wrong = np.flatnonzero(index != expected)
+        if wrong.size:
+            at = wrong[0]
+            raise VmemError(f"{run.table}: row {filled + at} has index {index[at]}, expected "
+                            f"{expected[at]} (one row per index of [{run.start}, {run.stop}), "
+                            "sorted)")
+        matches = _column(batch, "matches", run.table)
+        if matches.min() < 0 or matches.max() > run.cont_len:
+            raise VmemError(f"{run.table}: matches must lie in 0..{run.cont_len} (cont_len), "
+                            f"found {matches.min()}..{matches.max()}")
+        run.matches[filled:filled + rows] = matches
+        if logprobs:
+            run.cont_logprob[filled:filled + rows] = _column(batch, "cont_logprob", run.table)
+        filled += rows
+    if filled != run.evaluated:
+        raise VmemError(f"{run.table}: {filled} rows, but the manifest's range "
+                        f"[{run.start}, {run.stop}) has {run.evaluated} sequences")
+
+
+def _record_batches(path: str, columns: list[str], where: str) -> Iterator[pa.RecordBatch]:
+    try:
+        if path.endswith(".parquet"):
+            parquet = pq.ParquetFile(path)
+            _require_columns(parquet.schema_arrow.names, columns, where)
+            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        else:
+            read_options = pacsv.ReadOptions(block_size=16 << 20)
+            _require_columns(pacsv.open_csv(path, read_options=read_options).schema.names,
+                             columns, where)
+            yield from pacsv.open_csv(path, read_options=read_options,
+                                      convert_options=pacsv.ConvertOptions(include_columns=columns))
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
+        raise VmemError(f"{where}: not a readable merged run table ({err})") from None
+
+
+def _require_columns(found: list[str], needed: list[str], where: str) -> None:
+    missing = [c for c in needed if c not in found]
+    if missing:
+        raise VmemError(f"{where}: missing column(s) {', '.join(missing)}; expected {COLUMNS}")
+
+
+def _column(batch: pa.RecordBatch, name: str, where: str) -> np.ndarray:
+    column = batch.column(name)
+    if column.null_count:
+        raise VmemError(f"{where}: column {name} has empty values")
+    if name != "cont_logprob" and not pa.types.is_integer(column.type):
+        raise VmemError(f"{where}: column {name} must hold integers, found {column.type}")
+    return column.to_numpy()
+
+
+def _read_manifest(path: str, s3_endpoint: str | None) -> dict:
+    try:
+        if s3.is_s3(path):
+            bucket, key = s3.parse_s3_url(path)
+            text = s3.get_bytes(s3.client(s3_endpoint), bucket, key).decode("utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        manifest = json.loads(text)
+    except FileNotFoundError:
+        raise VmemError(f"{path}: no manifest; a merged run needs NAME{MANIFEST_SUFFIX} "
+                        "beside its table") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise VmemError(f"{path}: not a readable JSON manifest ({err})") from None
+    if not isinstance(manifest, dict):
+        raise VmemError(f"{path}: expected a JSON object")
+    return manifest
+
+
+@contextmanager
+def _local_copy(table: str, s3_endpoint: str | None) -> Iterator[str]:
+    """The table as a local path: itself, or a temporary download of an s3:// object."""
+    if not s3.is_s3(table):
+        if not os.path.isfile(table):
+            raise VmemError(f"{table}: no such file")
+        yield table
+        return
+    bucket, key = s3.parse_s3_url(table)
+    with tempfile.TemporaryDirectory(prefix="vmem-run-") as tmp:
+        path = os.path.join(tmp, Path(key).name)
+        s3.download_file(s3.client(s3_endpoint), bucket, key, path)
+        yield path
+
+
+def _list_names(results: str, s3_endpoint: str | None) -> set[str]:
+    """File names directly inside a folder or s3:// prefix."""
+    if s3.is_s3(results):
+        bucket, prefix = s3.parse_s3_url(results)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        keys = s3.list_objects(s3.client(s3_endpoint), bucket, prefix, recursive=False)
+        return {key[len(prefix):] for key in keys}
+    if not os.path.isdir(results):
+        raise VmemError(f"{results}: not a folder of merged runs")
+    return {e.name for e in os.scandir(results) if e.is_file()}
+
+
+def _join(folder: str, name: str) -> str:
+    return folder.rstrip("/") + "/" + name if s3.is_s3(folder) else os.path.join(folder, name)
