@@ -7,14 +7,14 @@ Fixtures:
 - `s3_bucket`: a fresh, empty bucket's name.
 - `flaky_s3`: `flaky_s3(["503", "drop", "cut"])` → a FlakyProxy in front of the server whose
   first connections fail that way (then it passes everything through).
-- `restricted_s3_user`: `restricted_s3_user(policy)` → (access key id, secret) of an IAM user
-  holding only `policy`, and turns on moto's IAM enforcement until the test ends.
+- `restricted_s3_user`: `restricted_s3_user(policy)` → (access key id, secret) of a new IAM user
+  holding only `policy`, and turns on moto's IAM enforcement until the test ends (so the fake
+  default credentials stop working: put fixtures in place first; several users are fine).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -22,6 +22,8 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import boto3
 import pytest
@@ -39,36 +41,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until_up(endpoint: str, server: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"moto server exited with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto server at {endpoint} did not answer within {timeout_s} s")
+@contextmanager
+def moto_server(timeout_s: float = 60) -> Iterator[str]:
+    """Run `python -m moto.server` on a free loopback port; yield its endpoint URL once it answers.
+    (Also used by bench/data_path.py.)"""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"moto server exited with code {server.returncode}")
+            try:
+                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server at {endpoint} did not answer within "
+                                       f"{timeout_s} s") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def s3_server():
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as env:
         for name, value in FAKE_CREDENTIALS.items():
             env.setenv(name, value)
         env.delenv("AWS_PROFILE", raising=False)
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                   "-p", str(port)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, env=dict(os.environ))
-        try:
-            _wait_until_up(endpoint, server)
+        with moto_server() as endpoint:
             yield endpoint
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
 
 
 @pytest.fixture
@@ -86,8 +94,9 @@ def s3_bucket(s3_client) -> str:
 class FlakyProxy:
     """A loopback TCP proxy in front of the S3 server. Connection k (from 0) fails as
     `failures[k]` says: "503" answers 503 Service Unavailable, "drop" closes without answering,
-    "cut" forwards the request and then sends only half of the response; later connections
-    pass through untouched. `connections` counts the connections made."""
+    "cut" forwards the request and then sends only half of the response, "pass" (and every
+    connection after the list) passes through. moto closes each connection after one response,
+    so connection k carries request k. `connections` counts the connections made."""
 
     def __init__(self, upstream: str, failures: list[str]):
         self.upstream = upstream.removeprefix("http://").split(":")
@@ -189,6 +198,7 @@ def restricted_s3_user(s3_server):
     iam = boto3.client("iam", endpoint_url=s3_server)
 
     def make(policy: dict) -> tuple[str, str]:
+        _set_auth(s3_server, "inf")  # a second user is created with the unchecked credentials
         user = f"user-{uuid.uuid4().hex[:8]}"
         iam.create_user(UserName=user)
         iam.put_user_policy(UserName=user, PolicyName="only", PolicyDocument=json.dumps(policy))

@@ -117,8 +117,9 @@ def test_offset_and_lengths_select_the_right_window(tmp_path, vllm_engine, tiny_
 def test_cli_evaluate_with_vllm_writes_shards_manifest_and_resumes(tmp_path, tiny_model_dir,
                                                                     tiny_dataset):
     out = tmp_path / "cli"
-    args = ["evaluate", "--model", tiny_model_dir, "--data", tiny_dataset, "--start", "0", "--stop", "300", "--out", str(out), "--dtype", "float32",
-            "--chunk-size", "128", "--no-progress"]
+    args = ["evaluate", "--model", tiny_model_dir, "--data", tiny_dataset, "--start", "0",
+            "--stop", "300", "--out", str(out), "--dtype", "float32", "--chunk-size", "128",
+            "--no-progress"]
     proc = subprocess.run(VMEM + args, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "memorized 7 (2.3333%)" in proc.stderr

@@ -15,6 +15,7 @@ import pytest
 
 from vmem import analysis
 from vmem.cli import main
+from vmem.runs import load_run
 
 CONT_LEN = 32
 
@@ -125,6 +126,35 @@ def test_predictability_confusion_matrices_are_exact(study: Path, tmp_path: Path
     assert (per_run["sequences"].sum() == rates["evaluated"].reindex(per_run.size().index)).all()
 
 
+def test_passes_in_small_chunks_agree_with_pandas(tmp_path: Path, monkeypatch) -> None:
+    """The chunked numpy passes, with chunks far smaller than the runs, against a plain
+    pandas computation on the same files."""
+    monkeypatch.setattr(analysis, "CHUNK", 7)
+    rng = np.random.default_rng(11)
+    cheap_path = write_run(tmp_path, "cheap", model="m-small", step=5, start=3, stop=203,
+                           memorized=sorted(rng.choice(np.arange(3, 203), 30, replace=False)),
+                           batch_size=4)
+    target_path = write_run(tmp_path, "target", model="m-large", step=5, start=50, stop=260,
+                            memorized=sorted(rng.choice(np.arange(50, 260), 40, replace=False)),
+                            batch_size=4, fmt="csv")
+    cheap, target = load_run(str(cheap_path)), load_run(str(target_path))
+    a = pd.read_parquet(cheap_path).set_index("index")["matches"] == CONT_LEN
+    b = pd.read_csv(target_path).set_index("index")["matches"] == CONT_LEN
+    a, b = a.loc[50:202], b.loc[50:202]
+    cm = analysis.confusion(cheap, target)
+    assert (cm.tp, cm.fp, cm.fn, cm.tn) == ((a & b).sum(), (a & ~b).sum(), (~a & b).sum(),
+                                            (~a & ~b).sum())
+
+    table = pd.read_parquet(cheap_path)
+    per_step = table.groupby(table["index"] // 4)["matches"].agg(["size", "sum"])
+    profile = analysis.step_profile(cheap)
+    assert profile.steps.tolist() == per_step.index.tolist()
+    assert profile.sequences.tolist() == per_step["size"].tolist()
+    assert profile.matches.tolist() == per_step["sum"].tolist()
+    assert analysis.score_counts(cheap).tolist() == np.bincount(table["matches"],
+                                                                minlength=CONT_LEN + 1).tolist()
+
+
 @pytest.mark.parametrize("size", PUBLISHED_DUPED)
 def test_published_counts_give_published_shares(size: str) -> None:
     memorized, share = PUBLISHED_DUPED[size]
@@ -154,6 +184,21 @@ def test_power_law_fit_recovers_exponent() -> None:
     noisy = analysis.fit_power_law(compute, 3e-6 * compute ** 0.21 * noise)
     assert noisy.exponent == pytest.approx(0.21, abs=0.02)
     assert analysis.fit_power_law(np.array([1e20, 1e20]), np.array([0.1, 0.2])) is None
+
+
+def test_equi_compute_compares_fits_of_the_same_target() -> None:
+    # Family B (recall = 1e-8 · C^0.35) beats family A (recall = 1e-3 · C^0.1) above C = 1e20.
+    compute_a, compute_b = np.array([1e19, 1e20, 1e21]), np.array([3e19, 3e20, 3e21])
+    predictability = pd.DataFrame(dict(
+        family=["A"] * 3 + ["B"] * 3, target="big-final",
+        cheap_compute=np.concatenate([compute_a, compute_b]),
+        recall=np.concatenate([1e-3 * compute_a ** 0.1, 1e-8 * compute_b ** 0.35])))
+    fits = analysis.compute_fits(predictability)
+    assert fits[("B", "big-final")].law.exponent == pytest.approx(0.35)
+    table = analysis.equi_compute_table(predictability, fits).set_index("compute")
+    assert table.loc[3e19, "better"] == "A" and table.loc[3e20, "better"] == "B"
+    assert table.loc[3e19, "recall_B"] == pytest.approx(1e-8 * 3e19 ** 0.35)
+    assert table["within"].tolist() == [False, True, True, True, True, False]
 
 
 def test_score_trend_against_step(tmp_path: Path) -> None:

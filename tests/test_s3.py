@@ -93,6 +93,9 @@ def test_retries_are_bounded(tmp_path, s3_server, s3_bucket, flaky_s3):
     assert proxy.connections == 4
     proxy = flaky_s3(["drop"] * 10)
     with pytest.raises(VmemError, match=rf"s3://{s3_bucket}/blob: S3 connection failed after 4"):
+        s3.get_bytes(s3.client(proxy.endpoint), s3_bucket, "blob")
+    proxy = flaky_s3(["cut"] * 10)  # the body breaks off while the file is being written
+    with pytest.raises(VmemError, match=rf"s3://{s3_bucket}/blob: S3 connection failed after 4"):
         s3.download_file(s3.client(proxy.endpoint), s3_bucket, "blob", tmp_path / "x.bin")
     assert os.listdir(tmp_path) == []
 
@@ -148,10 +151,13 @@ def test_s3_raw_and_batches(s3_server, s3_data, rows):
 
 
 def test_s3_dataset_through_failing_connections(s3_server, s3_data, rows, flaky_s3):
-    proxy = flaky_s3(["503", "drop", "503", "cut", "drop"])
+    # Requests: the listing; the .idx header, first size, sizes, pointers; one GET per shard.
+    failures = ["503", "drop", "pass", "pass", "cut", "pass", "503", "pass", "pass", "drop",
+                "cut", "pass"]
+    proxy = flaky_s3(failures)
     dataset = open_dataset(f"{s3_data}/shards", s3_endpoint=proxy.endpoint)
     np.testing.assert_array_equal(dataset.read(0, N), rows)
-    assert proxy.connections >= 6
+    assert proxy.connections == 5 + 11 + 7  # 16 requests, 7 of them tried twice
 
 
 def test_failure_while_prefetching_reaches_the_consumer(s3_server, s3_data, s3_client):
@@ -201,3 +207,15 @@ def test_dump_from_s3(s3_server, s3_data, rows, tmp_path, key, extra):
     assert main(["data", "dump", f"{s3_data}/{key}", *extra, "--s3-endpoint", s3_server,
                  "--start", "30", "--stop", "170", "-o", str(out)]) == 0
     np.testing.assert_array_equal(np.load(out), rows[30:170])
+
+
+def test_dump_failing_midway_leaves_nothing(s3_data, tmp_path, flaky_s3, capsys):
+    # The listing and the four .idx reads pass; every try of the first rows fails.
+    proxy = flaky_s3(["pass"] * 5 + ["503"] * 10)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["data", "dump", f"{s3_data}/merged/pile", "--s3-endpoint", proxy.endpoint,
+                 "--start", "0", "--stop", str(N), "-o", str(out / "rows.npy")]) == 2
+    assert f"{s3_data}/merged/pile.bin: S3 request failed after 4 tries" in (
+        capsys.readouterr().err)
+    assert os.listdir(out) == []

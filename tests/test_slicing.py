@@ -106,20 +106,28 @@ def test_array_with_step():
         (0, 4), (1, 4), (2, 4), (3, 4)]
 
 
+def step_env(procid: str, ntasks: str) -> dict[str, str]:
+    return {"SLURM_STEP_ID": "0", "SLURM_PROCID": procid, "SLURM_NTASKS": ntasks}
+
+
 def test_array_beats_srun_variables():
-    env = array_env(2, 0, 3, 4) | {"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
-    assert task_from_env(None, None, env) == (2, 4)
+    assert task_from_env(None, None, array_env(2, 0, 3, 4) | step_env("0", "1")) == (2, 4)
 
 
 def test_srun_step():
-    assert task_from_env(None, None, {"SLURM_PROCID": "2", "SLURM_NTASKS": "3"}) == (2, 3)
+    assert task_from_env(None, None, step_env("2", "3")) == (2, 3)
+
+
+def test_batch_script_of_a_many_task_job_is_one_task():
+    # sbatch --ntasks=4 sets these in the batch script too; only srun's steps split the work.
+    assert task_from_env(None, None, {"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}) == (0, 1)
 
 
 def test_num_tasks_alone_takes_the_array_id_as_is():
     # The rerun of slices 1 and 3 of a 4-way run: sbatch --array=1,3 ... --num-tasks 4.
     env = array_env(3, 1, 3, 2)
     assert task_from_env(None, 4, env) == (3, 4)
-    assert task_from_env(None, 4, {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}) == (1, 4)
+    assert task_from_env(None, 4, step_env("1", "2")) == (1, 4)
 
 
 @pytest.mark.parametrize(
@@ -127,6 +135,7 @@ def test_num_tasks_alone_takes_the_array_id_as_is():
     [
         (2, None, {}, "--task-id"),
         (None, 4, {}, "--num-tasks"),
+        (None, 4, {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, "--num-tasks"),
         (None, 4, array_env(4, 0, 4), "SLURM_ARRAY_TASK_ID"),
         (None, 0, array_env(0, 0, 4), "--num-tasks"),
         (None, None, array_env(9, 0, 3, 4), "SLURM_ARRAY_TASK_ID"),
@@ -138,9 +147,9 @@ def test_num_tasks_alone_takes_the_array_id_as_is():
         (None, None, {"SLURM_ARRAY_TASK_ID": "1"}, "SLURM_ARRAY_TASK_MIN"),
         (None, None, {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_MIN": "0",
                       "SLURM_ARRAY_TASK_MAX": "3"}, "SLURM_ARRAY_TASK_ID"),
-        (None, None, {"SLURM_PROCID": "0"}, "SLURM_NTASKS"),
-        (None, None, {"SLURM_PROCID": "2", "SLURM_NTASKS": "2"}, "SLURM_PROCID"),
-        (None, None, {"SLURM_PROCID": "0", "SLURM_NTASKS": "0"}, "SLURM_NTASKS"),
+        (None, None, {"SLURM_STEP_ID": "0", "SLURM_PROCID": "0"}, "SLURM_NTASKS"),
+        (None, None, step_env("2", "2"), "SLURM_PROCID"),
+        (None, None, step_env("0", "0"), "SLURM_NTASKS"),
     ],
 )
 def test_bad_task_settings_name_the_input(task_id, num_tasks, env, name):

@@ -51,12 +51,14 @@ def test_subset_array_with_num_tasks_reruns_just_those_slices(slurm_cluster, tmp
 
 
 def test_srun_steps_take_their_slices_from_slurm(slurm_cluster, tmp_path):
+    show = f"{PYTHON} -c '{SHOW_SLICE.format(num_tasks=None)}'"
     job = slurm_cluster.sbatch(
-        "--ntasks=2", "--cpus-per-task=1", f"--output={tmp_path}/job.log",
-        "--wrap", f"srun --output={tmp_path}/step-%t.txt {PYTHON} -c "
-                  f"'{SHOW_SLICE.format(num_tasks=None)}'")
+        "--ntasks=2", "--cpus-per-task=1", f"--output={tmp_path}/batch.log",
+        "--wrap", f"{show}; srun --output={tmp_path}/step-%t.txt {show}")
     assert slurm_cluster.wait(job) == {job: "COMPLETED"}
     assert read_slices(tmp_path) == [(t, 2, *task_slice(0, 10, t, 2)) for t in range(2)]
+    # The batch script itself (SLURM_NTASKS=2 there too) is a single task: all of the range.
+    assert (tmp_path / "batch.log").read_text().split() == ["0", "1", "0", "10"]
 
 
 def grid(cluster, runs: Path, *args: str) -> list[str]:
@@ -197,7 +199,7 @@ def test_cancelled_task_resubmitted_covers_each_index_once(slurm_cluster, tiny_m
     # Kill task 2 as soon as it has written its first shard, i.e. in the middle of its slice.
     lo, hi = task_slice(0, STOP, 2, 4)
     deadline = time.monotonic() + 300
-    while not any(lo <= a < hi for a, _ in shard_ranges(out) if out.exists()):
+    while not (out.exists() and any(lo <= a < hi for a, _ in shard_ranges(out))):
         assert time.monotonic() < deadline, f"task 2 wrote no shard\n{job_logs(tmp_path)}"
         time.sleep(0.05)
     slurm_cluster.run("scancel", f"{job}_2")
@@ -220,3 +222,24 @@ def test_cancelled_task_resubmitted_covers_each_index_once(slurm_cluster, tiny_m
     assert merge(out, tmp_path / "merged.parquet").returncode == 0
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "merged.parquet"),
                                   single_process_table)
+
+
+def test_node_and_tp_templates_equal_one_process(slurm_cluster, tiny_model_dir, tiny_dataset,
+                                                 single_process_table, tmp_path):
+    # node.sbatch: two engines on this node's halves of the range (GPUS=2: --data-parallel 2);
+    # tp.sbatch: one engine (GPUS=1: --tp 1, as many GPUs as a CPU node has). Single jobs, no array.
+    jobs = {}
+    for template, gpus, cpus in (("node.sbatch", "2", "2"), ("tp.sbatch", "1", "1")):
+        env = evaluate_env(tiny_model_dir, str(tiny_dataset), tmp_path / template) | {"GPUS": gpus}
+        jobs[template] = slurm_cluster.sbatch(
+            f"--output={tmp_path}/{template}.out", "--gres=none", f"--cpus-per-task={cpus}",
+            "--mem=1G", str(REPO / "launch" / template), env=env)
+    for template, job in jobs.items():
+        assert slurm_cluster.wait(job, timeout=600) == {job: "COMPLETED"}, job_logs(tmp_path)
+        assert_exactly_once(tmp_path / template)
+        merged = tmp_path / f"{template}.parquet"
+        assert merge(tmp_path / template, merged).returncode == 0
+        pd.testing.assert_frame_equal(pd.read_parquet(merged), single_process_table)
+    markers = sorted(p.name for p in (tmp_path / "node.sbatch" / "tasks").iterdir())
+    halves = [task_slice(0, STOP, rank, 2) for rank in range(2)]
+    assert markers == [Path(task_marker_name(a, b)).name for a, b in halves]

@@ -148,43 +148,54 @@ def fit_power_law(x: np.ndarray, y: np.ndarray) -> PowerLaw | None:
                     float(1.0 - residual / total) if total > 0 else math.nan, int(keep.sum()))
 
 
-def compute_fits(predictability: pd.DataFrame) -> dict[tuple[str, str], tuple[PowerLaw, tuple]]:
-    """Recall against the cheap run's training compute: one power law per suite and family,
-    with the compute range it was fitted on."""
+@dataclass(frozen=True)
+class ComputeFit:
+    law: PowerLaw
+    compute_min: float  # the range of cheap-run compute it was fitted on
+    compute_max: float
+
+    def covers(self, compute: float) -> bool:
+        return self.compute_min <= compute <= self.compute_max
+
+
+def compute_fits(predictability: pd.DataFrame) -> dict[tuple[str, str], ComputeFit]:
+    """Recall against the cheap run's training compute: one power law per family and target
+    (the paper compares both families predicting the same target, the largest final model)."""
     fits = {}
-    for (suite, family), rows in predictability.groupby(["suite", "family"], sort=True):
+    for (family, target), rows in predictability.groupby(["family", "target"], sort=True):
         law = fit_power_law(rows["cheap_compute"].to_numpy(), rows["recall"].to_numpy())
         if law is not None:
-            used = rows[(rows["cheap_compute"] > 0) & (rows["recall"] > 0)]["cheap_compute"]
-            fits[(suite, family)] = (law, (float(used.min()), float(used.max())))
+            used = rows.loc[(rows["cheap_compute"] > 0) & (rows["recall"] > 0), "cheap_compute"]
+            fits[(family, target)] = ComputeFit(law, float(used.min()), float(used.max()))
     return fits
 
 
-def compute_fit_table(fits: dict[tuple[str, str], tuple[PowerLaw, tuple]]) -> pd.DataFrame:
-    rows = [dict(family=family, suite=suite, exponent=law.exponent, coefficient=law.coefficient,
-                 r2=law.r2, points=law.points, compute_min=lo, compute_max=hi)
-            for (suite, family), (law, (lo, hi)) in sorted(fits.items())]
-    return _frame(rows, [], ["family", "suite", "exponent", "coefficient", "r2", "points",
+def compute_fit_table(fits: dict[tuple[str, str], ComputeFit]) -> pd.DataFrame:
+    rows = [dict(family=family, target=target, exponent=fit.law.exponent,
+                 coefficient=fit.law.coefficient, r2=fit.law.r2, points=fit.law.points,
+                 compute_min=fit.compute_min, compute_max=fit.compute_max)
+            for (family, target), fit in sorted(fits.items())]
+    return _frame(rows, [], ["family", "target", "exponent", "coefficient", "r2", "points",
                              "compute_min", "compute_max"])
 
 
 def equi_compute_table(predictability: pd.DataFrame,
-                       fits: dict[tuple[str, str], tuple[PowerLaw, tuple]]) -> pd.DataFrame:
-    """Both families' fitted recall at the same compute: at every cheap run's compute of a suite
-    that has both fits; `within` says whether both fits cover that compute (no extrapolation)."""
+                       fits: dict[tuple[str, str], ComputeFit]) -> pd.DataFrame:
+    """Both families' fitted recall of the same target at the same compute: at the compute of
+    every cheap run of either fit; `within` says whether both fits cover it (no extrapolation)."""
     rows = []
-    for suite in sorted({s for s, _ in fits}):
-        if (suite, "A") not in fits or (suite, "B") not in fits:
+    for target in sorted({t for _, t in fits}):
+        if ("A", target) not in fits or ("B", target) not in fits:
             continue
-        (law_a, (lo_a, hi_a)), (law_b, (lo_b, hi_b)) = fits[(suite, "A")], fits[(suite, "B")]
-        computes = predictability.loc[predictability["suite"] == suite, "cheap_compute"]
+        fit_a, fit_b = fits[("A", target)], fits[("B", target)]
+        computes = predictability.loc[predictability["target"] == target, "cheap_compute"]
         for compute in np.unique(computes[computes > 0].to_numpy()):
-            recall_a, recall_b = float(law_a(compute)), float(law_b(compute))
+            recall_a, recall_b = float(fit_a.law(compute)), float(fit_b.law(compute))
             better = "A" if recall_a > recall_b else "B" if recall_b > recall_a else "tie"
-            rows.append(dict(suite=suite, compute=float(compute), recall_A=recall_a,
+            rows.append(dict(target=target, compute=float(compute), recall_A=recall_a,
                              recall_B=recall_b, better=better,
-                             within=bool(max(lo_a, lo_b) <= compute <= min(hi_a, hi_b))))
-    return _frame(rows, [], ["suite", "compute", "recall_A", "recall_B", "better", "within"])
+                             within=fit_a.covers(compute) and fit_b.covers(compute)))
+    return _frame(rows, [], ["target", "compute", "recall_A", "recall_B", "better", "within"])
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`vmem` command line: parse arguments, call one function, turn VmemError into one line + exit 2."""
+"""`vmem` command line: parse arguments, call one function; a VmemError is one line, exit 2."""
 
 from __future__ import annotations
 

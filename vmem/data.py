@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import posixpath
-import queue
 import re
-import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -302,7 +303,7 @@ def iter_batches(dataset: Dataset, start: int, stop: int, *, batch_size: int,
                  prompt_len: int = 32, cont_len: int = 32, offset: int = 0,
                  prefetch: int = 2) -> Iterator[Batch]:
     """Batches of `batch_size` sequences over [start, stop) in order (the last may be short),
-    read up to `prefetch` batches ahead in a background thread."""
+    read up to `prefetch` batches ahead by background threads."""
     if prompt_len < 1 or cont_len < 1 or offset < 0:
         raise VmemError(f"--prompt-len {prompt_len} and --cont-len {cont_len} must be at least 1 "
                         f"and --offset {offset} at least 0")
@@ -327,37 +328,19 @@ def iter_batches(dataset: Dataset, start: int, stop: int, *, batch_size: int,
 
 
 def _prefetched(load: Callable[[int], Batch], firsts: range, depth: int) -> Iterator[Batch]:
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    consumer_gone = threading.Event()
-
-    def hand_over(item) -> bool:
-        while not consumer_gone.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def work() -> None:
-        try:
-            for first in firsts:
-                if not hand_over(load(first)):
-                    return
-        except BaseException as err:  # re-raised in the consumer's thread
-            hand_over(err)
-
-    worker = threading.Thread(target=work, name="vmem-prefetch", daemon=True)
-    worker.start()
+    """`load(first)` for each of `firsts`, in order, with up to `depth` loads running or done
+    ahead of the consumer (in parallel: S3 reads overlap). A load's error is raised here."""
+    pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="vmem-prefetch")
+    todo = iter(firsts)
+    ahead = deque(pool.submit(load, first) for first in islice(todo, depth))
     try:
-        for _ in firsts:
-            item = ready.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        while ahead:
+            batch = ahead.popleft().result()
+            for first in islice(todo, 1):
+                ahead.append(pool.submit(load, first))
+            yield batch
     finally:
-        consumer_gone.set()
-        worker.join()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- `vmem data info` and `vmem data dump` -------------------------------------------------------

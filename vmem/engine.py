@@ -1,14 +1,16 @@
 """Greedy continuation engines: vLLM (the default) and transformers (`hf`), one contract.
 
 `generate(prompts, cont_len, allow_eos)` takes an int64 array (n, prompt_len) and returns the
-greedy continuation, int64 (n, cont_len). One engine serves any cont_len and EOS mode. Paper mode masks end-of-text for all cont_len steps, as the paper's
-`min_length=64` did; `allow_eos` lets the model emit it and keeps generating to cont_len tokens.
+greedy continuation, int64 (n, cont_len); one engine serves any cont_len and EOS mode. Paper
+mode masks end-of-text for all cont_len steps, as the paper's `min_length=64` did; `allow_eos`
+lets the model emit it and keeps generating to cont_len tokens.
 `continuation_logprobs(prompts, continuations)` is the teacher-forced log-probability of the true
 continuation (sum over its tokens).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +86,9 @@ def preflight(cfg: EngineConfig):
     """The cheap checks (device count, model found) before anything is started or written."""
     if cfg.engine not in ("vllm", "hf"):
         raise VmemError(f"--engine {cfg.engine}: expected vllm or hf")
+    if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise VmemError("--engine vllm: vLLM is not installed (pip install 'vmem[cpu]' or "
+                        "'vmem[gpu]'); or use --engine hf")
     check_tensor_parallel(cfg.tp)
     return load_model_config(cfg.model, cfg.revision, cfg.download_dir)
 
@@ -99,13 +104,7 @@ class VllmEngine:
     """vLLM on token ids: no tokenizer, greedy, exactly cont_len new tokens per prompt."""
 
     def __init__(self, cfg: EngineConfig, eos: int):
-        try:
-            import vllm
-        except ImportError:
-            raise VmemError(
-                "--engine vllm: vLLM is not installed (pip install 'vmem[cpu]' or 'vmem[gpu]'), "
-                "or use --engine hf"
-            ) from None
+        import vllm
         from vllm import SamplingParams
 
         self.cfg, self.eos, self.dtype = cfg, eos, resolve_dtype(cfg.dtype)
@@ -186,7 +185,7 @@ def _token_prompts(rows: np.ndarray) -> list:
 
 
 class HfEngine:
-    """transformers with a KV cache: a plain greedy loop, the reference the vLLM engine must equal."""
+    """transformers with a KV cache: a plain greedy loop, the reference vLLM must equal."""
 
     def __init__(self, cfg: EngineConfig, eos: int):
         import torch

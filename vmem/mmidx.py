@@ -84,7 +84,7 @@ def read_index(read: ReadBytes, size: int, where: str, *, every_entry: bool = Tr
         pointers = read(pointers_at + 8 * first, pointers_at + 8 * stop).view("<i8")
         return sizes, pointers
 
-    seq_len = int(entries(0, 1)[0][0])
+    seq_len = int(read(HEADER.size, HEADER.size + 4).view("<i4")[0])
     if seq_len <= 0:
         raise VmemError(f"{where}: sequence 0 has {seq_len} tokens")
     index = Index(n, seq_len, DTYPES[code])
@@ -155,10 +155,12 @@ def _checked_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def write_merged(prefix: str | os.PathLike, rows: np.ndarray) -> None:
-    """Write `rows` (N x seq_len) as `PREFIX.bin` + `PREFIX.idx`, each atomically."""
+    """Write `rows` (N x seq_len) as `PREFIX.bin` + `PREFIX.idx`, each atomically (the folder
+    is created if needed)."""
     rows = _checked_rows(rows)
     idx = index_bytes(*rows.shape, rows.dtype)
     prefix = os.fspath(prefix)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     with ExitStack() as renames:  # the .idx is renamed last, after its .bin
         idx_tmp = renames.enter_context(atomic_path(prefix + ".idx"))
         bin_tmp = renames.enter_context(atomic_path(prefix + ".bin"))

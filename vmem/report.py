@@ -43,6 +43,9 @@ def write_report(runs: list[Run], results: str, out: Path) -> None:
     tables, fits = _tables(runs, results)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the report is an ordinary folder
     try:
         (tmp / "tables").mkdir()
         (tmp / "figures").mkdir()
@@ -144,8 +147,9 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
 
     doc.heading("4. Recall against the cheap run's training compute")
     doc.paragraph("Compute ≈ 6 · parameters · tokens seen (Pythia: step · 1024 · 2048 tokens). "
-                  "A power law recall = coefficient · compute^exponent is fitted per suite and "
-                  "family; the equi-compute table evaluates both fits at the same compute.")
+                  "A power law recall = coefficient · compute^exponent is fitted per family and "
+                  "target; the equi-compute table evaluates both families' fits of the same "
+                  "target at the same compute.")
     if "recall_vs_compute" in drawn:
         if len(tables["compute_fit"]):
             doc.table(_show(tables["compute_fit"]))
@@ -188,16 +192,17 @@ def _headlines(tables: dict[str, pd.DataFrame]) -> list[str]:
                      f"precision {_num(rows['precision'].mean())}, mean recall "
                      f"{_num(rows['recall'].mean())}.")
     for row in tables["compute_fit"].itertuples():
-        lines.append(f"{row.suite}, family {row.family}: recall ∝ compute^{row.exponent:.3f} "
+        lines.append(f"Family {row.family} → {row.target}: recall ∝ compute^{row.exponent:.3f} "
                      f"(R² {_num(row.r2)}, {row.points} points).")
-    for suite, rows in tables["equi_compute"].groupby("suite", sort=True):
+    for target, rows in tables["equi_compute"].groupby("target", sort=True):
         inside = rows[rows["within"]]
         where = "compute points both fits cover"
         if not len(inside):
             inside, where = rows, "compute points (extrapolated: the fits share no compute range)"
-        lines.append(f"{suite}, at equal compute the better predictor is family B (earlier "
-                     f"checkpoints) at {(inside['better'] == 'B').sum()} and family A (smaller "
-                     f"models) at {(inside['better'] == 'A').sum()} of {len(inside)} {where}.")
+        b_wins, a_wins = (inside["better"] == "B").sum(), (inside["better"] == "A").sum()
+        lines.append(f"Predicting {target} at equal compute, the better predictor is family B "
+                     f"(earlier checkpoints) at {b_wins} and family A (smaller models) at {a_wins} "
+                     f"of {len(inside)} {where}.")
     return lines
 
 

@@ -65,13 +65,10 @@ def shard_csv(indices: np.ndarray, matches: np.ndarray, prefix_match: np.ndarray
               cont_logprob: np.ndarray | None) -> bytes:
     header = ",".join(columns_for(cont_logprob is not None))
     scores = matches / cont_len  # exact in binary for cont_len a power of two; repr round-trips
-    if cont_logprob is None:
-        rows = (f"{i},{s!r},{m},{p}" for i, s, m, p in
-                zip(indices.tolist(), scores.tolist(), matches.tolist(), prefix_match.tolist()))
-    else:
-        rows = (f"{i},{s!r},{m},{p},{lp!r}" for i, s, m, p, lp in
-                zip(indices.tolist(), scores.tolist(), matches.tolist(), prefix_match.tolist(),
-                    cont_logprob.tolist()))
+    columns = [indices.tolist(), scores.tolist(), matches.tolist(), prefix_match.tolist()]
+    if cont_logprob is not None:
+        columns.append(cont_logprob.tolist())
+    rows = (",".join(map(repr, row)) for row in zip(*columns, strict=True))
     return ("\n".join([header, *rows]) + "\n").encode()
 
 

@@ -172,7 +172,7 @@ def _fill_arrays(run: Run, path: str, *, logprobs: bool) -> None:
 def _record_batches(path: str, columns: list[str], where: str) -> Iterator[pa.RecordBatch]:
     try:
         if path.endswith(".parquet"):
-            parquet = pq.ParquetFile(path)
+            parquet = pq.ParquetFile(path, pre_buffer=False)  # else it caches whole columns
             _require_columns(parquet.schema_arrow.names, columns, where)
             yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
         else:

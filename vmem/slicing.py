@@ -31,26 +31,29 @@ def task_from_env(
 ) -> tuple[int, int]:
     """This task's `(task_id, num_tasks)`: the flags, else Slurm's variables, else `(0, 1)`.
 
-    `--num-tasks N` alone takes the id from `SLURM_ARRAY_TASK_ID` (or `SLURM_PROCID`) as is, so
-    `sbatch --array=1,3 ... --num-tasks 4` reruns just slices 1 and 3 of a 4-way run. Without
-    flags an array's size and ids come from Slurm: id = ID - MIN (in steps of STEP), count = COUNT
-    (or the number of ids in MIN..MAX).
+    Without flags an array's size and ids come from Slurm: id = ID - MIN (in steps of STEP),
+    count = COUNT (or the number of ids in MIN..MAX); else, inside an `srun` step, SLURM_PROCID of
+    SLURM_NTASKS. A batch script itself is no step: there SLURM_NTASKS counts the allocation's
+    tasks, not ways to split the work, so it is one task. `--num-tasks N` alone takes the id from
+    SLURM_ARRAY_TASK_ID (or a step's SLURM_PROCID) as is, so `sbatch --array=1,3 ... --num-tasks 4`
+    reruns just slices 1 and 3 of a 4-way run.
     """
     if task_id is not None:
         if num_tasks is None:
             raise VmemError("--task-id: expected --num-tasks as well")
         _check_task(task_id, num_tasks, "--task-id", "--num-tasks")
         return task_id, num_tasks
+    in_step = "SLURM_STEP_ID" in environ
     if num_tasks is not None:
-        for name in ("SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
+        for name in ("SLURM_ARRAY_TASK_ID", "SLURM_PROCID" if in_step else None):
             if name in environ:
                 task_id = _env_int(environ, name)
                 _check_task(task_id, num_tasks, name, "--num-tasks")
                 return task_id, num_tasks
-        raise VmemError("--num-tasks: expected --task-id too (or SLURM_ARRAY_TASK_ID/SLURM_PROCID)")
+        raise VmemError("--num-tasks: expected --task-id too (or a Slurm array task or srun step)")
     if "SLURM_ARRAY_TASK_ID" in environ:
         return _array_task(environ)
-    if "SLURM_PROCID" in environ or "SLURM_NTASKS" in environ:
+    if in_step:
         task_id, num_tasks = _env_int(environ, "SLURM_PROCID"), _env_int(environ, "SLURM_NTASKS")
         _check_task(task_id, num_tasks, "SLURM_PROCID", "SLURM_NTASKS")
         return task_id, num_tasks

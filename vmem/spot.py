@@ -44,7 +44,8 @@ def spot(dataset, indices: list[int], engine_config: EngineConfig, *, prompt_len
     decode = _decoder(tokenizer or engine_config.model)
     blocks = []
     for k, index in enumerate(indices):
-        marked = " ".join(str(g) if g == t else f"[{g}]" for g, t in zip(generated[k], truth[k]))
+        marked = " ".join(str(g) if g == t else f"[{g}]"
+                          for g, t in zip(generated[k], truth[k], strict=True))
         lines = [
             f"sequence {index} (training step {index // batch_size}): score "
             f"{matches[k] / cont_len:.5f} ({matches[k]}/{cont_len} positions), prefix match "

@@ -1,0 +1,177 @@
+"""Merging a run's shards, and runs written to S3, on real files and a real S3-protocol server."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.s3_server import FAKE_CREDENTIALS
+from tests.s3_server import _set_auth as set_auth
+from vmem import s3
+from vmem.cli import main
+from vmem.engine import EngineConfig
+from vmem.errors import VmemError
+from vmem.evaluate import Evaluation, evaluate
+from vmem.merge import merge_run
+from vmem.results import parse_shard_name, shard_name
+
+STOP = 200
+
+
+def evaluation(model_dir: str, data: str, out: str, **kw) -> Evaluation:
+    return Evaluation(engine=EngineConfig(model_dir, engine="hf", dtype="float32"), data=data,
+                      out=out, start=0, stop=STOP, chunk_size=50, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, hf_engine, tiny_model_dir, tiny_dataset) -> Path:
+    out = tmp_path_factory.mktemp("merge") / "run"
+    evaluate(evaluation(tiny_model_dir, tiny_dataset, str(out)), engine=hf_engine)
+    return out
+
+
+@pytest.fixture
+def run(tmp_path, base_run) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(base_run, copy)
+    return copy
+
+
+def shard_rows(run: Path) -> pd.DataFrame:
+    frames = [pd.read_csv(p) for p in sorted(run.glob("scores-*.csv"))]
+    return pd.concat(frames).sort_values("index").reset_index(drop=True)
+
+
+def shard_at(run: Path, start: int) -> Path:
+    return next(p for p in run.glob("scores-*.csv") if parse_shard_name(p.name)[1] == start)
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+def test_merge_writes_sorted_parquet_and_csv_with_the_manifest(tmp_path, run):
+    expected = shard_rows(run)
+    for name in ("merged.parquet", "merged.csv"):
+        merged = merge_run(str(run), str(tmp_path / name))
+        table = (pd.read_parquet if name.endswith("parquet") else pd.read_csv)(tmp_path / name)
+        pd.testing.assert_frame_equal(table, expected, check_dtype=False)
+        assert merged["rows"] == STOP
+    beside = json.loads((tmp_path / "merged.manifest.json").read_text())
+    assert beside["settings"] == json.loads((run / "manifest.json").read_text())["settings"]
+
+
+def test_gaps_are_listed_with_the_command_that_fills_them(capsys, tmp_path, run):
+    expected = shard_rows(run)
+    shard_at(run, 50).unlink()
+    shard_at(run, 150).unlink()
+    err = _error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.parquet")])
+    assert "100 sequences missing in 2 range(s): [50, 100), [150, 200)" in err
+    assert not (tmp_path / "m.parquet").exists()
+    command = err.split("fill them with (it evaluates only what is missing): ")[1]
+    argv = shlex.split(command)
+    assert argv[:2] == ["vmem", "evaluate"]
+    assert main(argv[1:] + ["--no-progress"]) == 0
+    merge_run(str(run), str(tmp_path / "m.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), expected,
+                                  check_dtype=False)
+
+
+def test_equal_duplicates_are_dropped_with_a_warning(capsys, tmp_path, run):
+    expected = shard_rows(run)
+    fp = parse_shard_name(shard_at(run, 0).name)[0]
+    overlap = expected.iloc[25:75]  # a chunk of another chunking: straddles two shards
+    overlap.to_csv(run / shard_name(fp, 25, 75), index=False)
+    merge_run(str(run), str(tmp_path / "m.csv"))
+    assert "50 duplicate rows with equal values dropped" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m.csv"), expected)
+
+
+def test_conflicting_duplicates_are_an_error(capsys, tmp_path, run):
+    rows = shard_rows(run)
+    fp = parse_shard_name(shard_at(run, 0).name)[0]
+    overlap = rows.iloc[25:75].copy()
+    overlap.loc[overlap["index"] == 60, "matches"] += 1
+    overlap.to_csv(run / shard_name(fp, 25, 75), index=False)
+    err = _error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.csv")])
+    assert "conflicting duplicate: index 60 has matches" in err
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_shards_of_other_settings_are_refused(capsys, tmp_path, run, hf_engine, tiny_model_dir,
+                                              tiny_dataset):
+    other = tmp_path / "other"
+    evaluate(evaluation(tiny_model_dir, tiny_dataset, str(other), offset=3), engine=hf_engine)
+    shutil.copy(next(other.glob("scores-*.csv")), run)
+    err = _error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.parquet")])
+    assert "was written with other settings" in err and "mixed runs cannot be merged" in err
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_bad_merge_inputs(capsys, tmp_path, run):
+    assert "expected a file name ending in .parquet or .csv" in _error(
+        capsys, ["merge", str(run), "-o", str(tmp_path / "m.txt")])
+    (tmp_path / "empty").mkdir()
+    assert "no manifest.json" in _error(capsys, ["merge", str(tmp_path / "empty"), "-o",
+                                                 str(tmp_path / "m.csv")])
+
+
+def test_s3_output_uploads_as_it_goes_resumes_from_s3_and_merges(
+        tmp_path, s3_server, s3_client, s3_bucket, flaky_s3, hf_engine, tiny_model_dir,
+        tiny_dataset, base_run):
+    url = f"s3://{s3_bucket}/runs/tiny"
+    # Every shard and marker is uploaded through a proxy whose first connections fail.
+    proxy = flaky_s3(["503", "drop", "503"])
+    ev = evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=proxy.endpoint,
+                    staging_dir=str(tmp_path / "staging"))
+    evaluate(ev, engine=hf_engine)
+    keys = set(s3.list_keys(s3_client, s3_bucket, "runs/tiny/"))
+    assert "runs/tiny/manifest.json" in keys
+    assert len([k for k in keys if "/scores-" in k]) == STOP // 50
+    assert proxy.connections > 3  # the failures were met and retried
+
+    # A new staging folder (another node) resumes from what S3 holds: nothing left to do.
+    again = evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
+                       staging_dir=str(tmp_path / "staging2"))
+    assert evaluate(again, engine=hf_engine)["already_finished"]
+
+    merge_run(url, str(tmp_path / "m.parquet"), s3_endpoint=s3_server)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
+                                  check_dtype=False)
+
+
+def test_a_failed_upload_keeps_the_local_shard_and_the_next_start_uploads_it(
+        tmp_path, s3_server, s3_client, s3_bucket, restricted_s3_user, hf_engine,
+        tiny_model_dir, tiny_dataset, base_run, monkeypatch):
+    url = f"s3://{s3_bucket}/runs/down"
+    staging = tmp_path / "staging"
+    no_shards = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject"],
+         "Resource": "*"},
+        {"Effect": "Deny", "Action": "s3:PutObject",
+         "Resource": f"arn:aws:s3:::{s3_bucket}/runs/down/scores-*"}]}
+    uploader = restricted_s3_user(no_shards)
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", uploader[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", uploader[1])
+    with pytest.raises(VmemError, match="denied"):
+        evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
+                            staging_dir=str(staging)), engine=hf_engine)
+    staged = list(staging.glob("scores-*.csv"))
+    assert len(staged) == 1  # the first shard, kept although its upload was refused
+
+    set_auth(s3_server, "inf")  # the same node, now allowed to upload
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
+                        staging_dir=str(staging)), engine=hf_engine)
+    merge_run(url, str(tmp_path / "m.parquet"), s3_endpoint=s3_server)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
+                                  check_dtype=False)
