@@ -35,8 +35,7 @@ def rows() -> np.ndarray:
 @pytest.fixture
 def merged(tmp_path, rows) -> str:
     prefix = str(tmp_path / "data" / "pile")
-    os.makedirs(os.path.dirname(prefix))
-    mmidx.write_merged(prefix, rows)
+    mmidx.write_merged(prefix, rows)  # creates the folder
     return prefix
 
 

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import accumulate, islice
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class Dataset:
 
     def __post_init__(self):
         self._row_bytes = self.seq_len * self.dtype.itemsize
-        self._piece_starts = np.cumsum([0] + [p.size for p in self.pieces])
+        self._piece_starts = list(accumulate((p.size for p in self.pieces), initial=0))
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as an array of shape (stop - start, seq_len) and the file's dtype."""
@@ -106,7 +106,7 @@ class Dataset:
                             f"{self.num_sequences} sequences")
         first, last = start * self._row_bytes, stop * self._row_bytes
         parts = [piece.read(max(first, at) - at, min(last, at + piece.size) - at)
-                 for piece, at in zip(self.pieces, self._piece_starts.tolist(), strict=False)
+                 for piece, at in zip(self.pieces, self._piece_starts, strict=False)
                  if at < last and first < at + piece.size]
         if not parts:
             return np.empty((0, self.seq_len), dtype=self.dtype)

@@ -25,17 +25,12 @@ from vmem import s3
 from vmem.errors import VmemError
 from vmem.mmidx import atomic_path
 from vmem.results import MANIFEST, columns_for, gaps, merge_ranges, parse_shard_name
+from vmem.runs import manifest_beside
 
 
 def merge_command(args) -> int:
     merge_run(args.run, args.output, s3_endpoint=args.s3_endpoint)
     return 0
-
-
-def manifest_path(output: str) -> str:
-    """`runs/x.parquet` → `runs/x.manifest.json`: the manifest travels beside the merged table."""
-    path = Path(output)
-    return str(path.with_name(path.name.rsplit(".", 1)[0] + ".manifest.json"))
 
 
 def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
@@ -53,7 +48,7 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
             _report_missing(run, missing, settings)
         _write(shards, settings, output, kind)
     merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"])
-    with atomic_path(manifest_path(output)) as tmp, open(tmp, "w") as f:
+    with atomic_path(manifest_beside(output)) as tmp, open(tmp, "w") as f:
         f.write(json.dumps(merged, indent=2, sort_keys=True) + "\n")
     memorized = int((table["matches"] == settings["cont_len"]).sum())
     print(f"vmem: merged {len(shards)} shards, {merged['rows']} rows into {output}; "

@@ -93,12 +93,16 @@ def load_runs(results: str, *, s3_endpoint: str | None = None) -> list[Run]:
     return [load_run(f.table, s3_endpoint=s3_endpoint) for f in files]
 
 
+def manifest_beside(table: str) -> str:
+    """`runs/x.parquet` → `runs/x.manifest.json` (also for s3:// URLs)."""
+    return table.rsplit(".", 1)[0] + MANIFEST_SUFFIX
+
+
 def load_run(table: str, *, s3_endpoint: str | None = None) -> Run:
     """One merged run; its manifest is `NAME.manifest.json` beside the table."""
     if not table.endswith(TABLE_SUFFIXES):
         raise VmemError(f"{table}: expected a merged run table NAME.parquet or NAME.csv")
-    stem = table.rsplit(".", 1)[0]
-    manifest_path = stem + MANIFEST_SUFFIX
+    manifest_path = manifest_beside(table)
     run = _run_from_manifest(_read_manifest(manifest_path, s3_endpoint), manifest_path, table)
     with _local_copy(table, s3_endpoint) as path:
         _fill_arrays(run, path, logprobs=run.cont_logprob is not None)
