@@ -184,7 +184,7 @@ def flaky_s3(s3_server):
         proxy.close()
 
 
-def _set_auth(endpoint: str, after_actions: str) -> None:
+def set_auth(endpoint: str, after_actions: str) -> None:
     """moto's switch: enforce IAM after this many more requests ("inf": never)."""
     request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth",
                                      data=after_actions.encode(), method="POST",
@@ -198,13 +198,13 @@ def restricted_s3_user(s3_server):
     iam = boto3.client("iam", endpoint_url=s3_server)
 
     def make(policy: dict) -> tuple[str, str]:
-        _set_auth(s3_server, "inf")  # a second user is created with the unchecked credentials
+        set_auth(s3_server, "inf")  # a second user is created with the unchecked credentials
         user = f"user-{uuid.uuid4().hex[:8]}"
         iam.create_user(UserName=user)
         iam.put_user_policy(UserName=user, PolicyName="only", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName=user)["AccessKey"]
-        _set_auth(s3_server, "0")
+        set_auth(s3_server, "0")
         return key["AccessKeyId"], key["SecretAccessKey"]
 
     yield make
-    _set_auth(s3_server, "inf")
+    set_auth(s3_server, "inf")

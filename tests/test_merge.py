@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.s3_server import FAKE_CREDENTIALS
-from tests.s3_server import _set_auth as set_auth
+from tests.s3_server import FAKE_CREDENTIALS, set_auth
 from vmem import s3
 from vmem.cli import main
 from vmem.engine import EngineConfig
@@ -173,5 +174,22 @@ def test_a_failed_upload_keeps_the_local_shard_and_the_next_start_uploads_it(
     evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
                         staging_dir=str(staging)), engine=hf_engine)
     merge_run(url, str(tmp_path / "m.parquet"), s3_endpoint=s3_server)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
+                                  check_dtype=False)
+
+
+def test_data_parallel_engines_split_the_slice_and_merge_to_the_single_run(
+        tmp_path, tiny_model_dir, tiny_dataset, base_run):
+    out = tmp_path / "dp"
+    # Two engines on this node, each a child process on its own half (on a GPU node: own GPU).
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmem.cli", "evaluate", "--model", tiny_model_dir, "--data",
+         tiny_dataset, "--start", "0", "--stop", str(STOP), "--out", str(out), "--engine", "hf",
+         "--dtype", "float32", "--chunk-size", "50", "--data-parallel", "2", "--no-progress"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    markers = sorted(p.name for p in (out / "tasks").iterdir())
+    assert markers == ["task-000000000000-000000000100.json", "task-000000000100-000000000200.json"]
+    merge_run(str(out), str(tmp_path / "m.parquet"))
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
                                   check_dtype=False)
