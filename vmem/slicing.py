@@ -45,7 +45,7 @@ def task_from_env(
         return task_id, num_tasks
     in_step = "SLURM_STEP_ID" in environ
     if num_tasks is not None:
-        for name in ("SLURM_ARRAY_TASK_ID", "SLURM_PROCID" if in_step else None):
+        for name in ["SLURM_ARRAY_TASK_ID"] + (["SLURM_PROCID"] if in_step else []):
             if name in environ:
                 task_id = _env_int(environ, name)
                 _check_task(task_id, num_tasks, name, "--num-tasks")

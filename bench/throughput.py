@@ -1,0 +1,366 @@
+"""Sequences/second of memorization scoring, three ways, in one run on one machine:
+
+  (a) the seed's method: transformers `generate` without a KV cache (`use_cache=False`,
+      `max_length=min_length=64`, greedy, batch 1024), as the original script ran it. It is very
+      slow on CPU, so it runs on a subset (--n-seed sequences, batch min(1024, --n-seed));
+  (b) transformers `generate` with its KV cache, at the best of a few batch sizes (--hf-batch-sizes,
+      on --n-hf sequences);
+  (c) vmem end to end: `vmem evaluate` in a child process on a dataset file written with
+      `vmem.mmidx.write_merged` (--n rows of 2049 random uint16 ids < 50304): reading, engine,
+      scoring and durable CSV shards all included; start-up and engine-busy share come from the
+      task marker OUT/tasks/*.json that evaluate() writes.
+
+Models are random-weight GPT-NeoX models with the exact shapes of Pythia sizes
+(`vmem.pythia.neox_config_kwargs`): the weights' values do not change the work, since every method
+generates exactly 32 tokens per prompt (end-of-text is masked, as in the paper). All methods run in
+one dtype (--dtype; auto = bfloat16 on CPU, float16 on GPU). Useful FLOPs per sequence (those a
+KV-cached continuation needs) turn seq/s into FLOP/s, set against a measured torch.matmul peak.
+Results and the machine are appended to bench/RESULTS.md.
+
+    .venv/bin/python bench/throughput.py --shape pythia-70m --n 2048
+    .venv/bin/python bench/throughput.py --shape pythia-70m pythia-160m --n 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vmem import mmidx, pythia  # noqa: E402
+from vmem.engine import resolve_dtype  # noqa: E402
+
+TOKEN_IDS = 50_304  # random token ids stay below the smallest Pythia vocabulary
+SEQ_LEN = 2049  # a Pythia row: 2048 inputs + 1 target
+SEED_BATCH = 1024  # the original script's batch size
+EOS = 0  # GPT-NeoX's end-of-text
+
+
+# -- work per sequence ----------------------------------------------------------------------------
+def flops_per_sequence(size: str, prompt_len: int = 32, cont_len: int = 32) -> float:
+    """Useful FLOPs to continue one prompt with a KV cache: 2 per layer weight per token that
+    enters the model (prompt_len + cont_len - 1), the output head for the cont_len predicted
+    tokens, and causal attention (QK^T and AV: 4 * hidden per layer per query-key pair)."""
+    s = pythia.SIZES[size]
+    tokens = prompt_len + cont_len - 1
+    layer_weights = 12 * s.hidden**2 * s.layers  # attention 4h^2 + MLP 8h^2 per layer
+    pairs = tokens * (tokens + 1) // 2
+    return (2 * layer_weights * tokens + 2 * s.hidden * s.vocab * cont_len
+            + 4 * s.hidden * s.layers * pairs)
+
+
+def seed_flops_per_sequence(size: str, prompt_len: int = 32, cont_len: int = 32,
+                            all_logits: bool = True) -> float:
+    """FLOPs the seed's method executes: without a cache, step t recomputes all prompt_len + t
+    tokens. The 2023 transformers computed logits at every position (`all_logits`); today's
+    `generate` keeps only the last."""
+    s = pythia.SIZES[size]
+    layer_weights = 12 * s.hidden**2 * s.layers
+    total = 0.0
+    for t in range(cont_len):
+        length = prompt_len + t
+        head_tokens = length if all_logits else 1
+        total += (2 * layer_weights * length + 2 * s.hidden * s.vocab * head_tokens
+                  + 4 * s.hidden * s.layers * length * (length + 1) // 2)
+    return total
+
+
+# -- the machine ----------------------------------------------------------------------------------
+def machine(device: str) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                  if line.startswith("flags")), [])
+    info = {"cpu": model, "cores": os.cpu_count(), "amx": "amx_bf16" in flags,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "load": os.getloadavg()[0]}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype: str, device: str) -> float:
+    """Best FLOP/s of a large square torch.matmul in `dtype` (a few repetitions)."""
+    n = 8192 if device == "cuda" else 4096
+    a = torch.randn(n, n, device=device).to(getattr(torch, dtype))
+    b = torch.randn(n, n, device=device).to(getattr(torch, dtype))
+    torch.matmul(a, b)  # first call picks and prepares kernels
+    sync(device)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+# -- (a) and (b): transformers --------------------------------------------------------------------
+def random_model(size: str, dtype: str, device: str):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(**pythia.neox_config_kwargs(size))
+    with torch.device(device):
+        model = GPTNeoXForCausalLM._from_config(config, dtype=getattr(torch, dtype))
+    return model.eval()
+
+
+def hf_seconds(model, prompts: np.ndarray, batch: int, cont_len: int, use_cache: bool,
+               device: str) -> float:
+    """Seconds to continue every prompt greedily to cont_len tokens with `generate`."""
+    total = prompts.shape[1] + cont_len
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch):
+            ids = torch.from_numpy(prompts[i:i + batch]).to(device)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_length=total, min_length=total, use_cache=use_cache,
+                                 pad_token_id=EOS, eos_token_id=EOS)
+            if out.shape != (len(ids), total):
+                raise RuntimeError(f"generate returned {tuple(out.shape)}, expected "
+                                   f"{(len(ids), total)}")
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def measure_transformers(size: str, prompts: np.ndarray, args) -> dict:
+    model = random_model(size, args.dtype, args.device)
+    hf_seconds(model, prompts[:2], 2, 2, True, args.device)  # warm-up: kernels, allocator
+    found = {}
+    if "seed" in args.methods:
+        seed = prompts[:args.n_seed]
+        seconds = hf_seconds(model, seed, min(SEED_BATCH, len(seed)), args.cont_len, False,
+                             args.device)
+        found["seed"] = {"seq_s": len(seed) / seconds, "n": len(seed),
+                         "batch": min(SEED_BATCH, len(seed))}
+        print(f"  (a) seed's method: {len(seed)} seq in {seconds:.1f} s", file=sys.stderr)
+    if "hf" in args.methods:
+        rows = prompts[:args.n_hf]
+        by_batch = {}
+        for batch in args.hf_batch_sizes:
+            seconds = hf_seconds(model, rows, batch, args.cont_len, True, args.device)
+            by_batch[batch] = len(rows) / seconds
+            print(f"  (b) transformers + cache, batch {batch}: {len(rows)} seq in "
+                  f"{seconds:.1f} s", file=sys.stderr)
+        best = max(by_batch, key=by_batch.get)
+        found["hf"] = {"seq_s": by_batch[best], "n": len(rows), "batch": best,
+                       "by_batch": by_batch}
+    del model
+    gc.collect()
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return found
+
+
+# -- (c): vmem end to end -------------------------------------------------------------------------
+def saved_model(size: str, folder: Path) -> Path:
+    """A random model of the shape, saved once (fp32 safetensors; engines cast to the run dtype).
+    The folder name holds `pythia-<size>`, so evaluate records Pythia's parameter count."""
+    path = folder / f"pythia-{size}-random"
+    if not (path / "config.json").exists():
+        random_model(size, "float32", "cpu").save_pretrained(path)
+    return path
+
+
+def dataset(folder: Path, n: int) -> Path:
+    prefix = folder / f"rows-{n}"
+    if not prefix.with_suffix(".idx").exists():
+        rows = np.random.default_rng(0).integers(0, TOKEN_IDS, size=(n, SEQ_LEN), dtype=np.uint16)
+        mmidx.write_merged(prefix, rows)
+    return prefix
+
+
+def measure_vmem(size: str, args) -> dict:
+    model = saved_model(size, args.dir)
+    data = dataset(args.dir, args.n)
+    out = args.dir / f"run-{size}-{os.getpid()}"
+    cmd = [sys.executable, "-m", "vmem.cli", "evaluate", "--model", str(model), "--data",
+           str(data), "--start", "0", "--stop", str(args.n), "--out", str(out), "--dtype",
+           args.dtype, "--memory-share", str(args.memory_share), "--prompt-len",
+           str(args.prompt_len), "--cont-len", str(args.cont_len), "--no-progress"]
+    for flag in ("chunk_size", "max_num_seqs", "max_num_batched_tokens"):
+        if getattr(args, flag):
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.enforce_eager:
+        cmd.append("--enforce-eager")
+    log = args.dir / f"vmem-{size}.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-20:])
+        raise SystemExit(f"vmem evaluate failed ({done.returncode}):\n{shlex.join(cmd)}\n{tail}")
+    (marker,) = (out / "tasks").glob("*.json")
+    stats = json.loads(marker.read_text())
+    if stats["scored_now"] != args.n:
+        raise SystemExit(f"vmem evaluate scored {stats['scored_now']} of {args.n} sequences")
+    print(f"  (c) vmem evaluate: {args.n} seq, start-up {stats['startup_seconds']:.1f} s, "
+          f"then {stats['seconds']:.1f} s; process {wall:.1f} s; log {log}", file=sys.stderr)
+    if not args.keep:
+        for path in sorted(out.rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+        out.rmdir()
+    return {"seq_s": stats["sequences_per_second"], "n": args.n,
+            "busy": stats["engine_busy_share"], "startup": stats["startup_seconds"],
+            "process_seq_s": args.n / wall, "engine": stats["engine_info"]}
+
+
+# -- the report -----------------------------------------------------------------------------------
+def fmt(x: float | None, spec: str = ".1f", unit: str = "") -> str:
+    return "—" if x is None else format(x, spec) + unit
+
+
+def table(results: dict, peak: float, args) -> str:
+    lines = ["| shape | (a) seed seq/s | (b) transformers+cache seq/s | (c) vmem seq/s | c/a | c/b "
+             "| engine busy | start-up s | GFLOP/seq | (a) / (b) / (c) GFLOP/s | (c) of peak |",
+             "|" + "---|" * 11]
+    for size, r in results.items():
+        seed, hf, vm = r.get("seed"), r.get("hf"), r.get("vmem")
+        a, b, c = (m["seq_s"] if m else None for m in (seed, hf, vm))
+        per_seq = flops_per_sequence(size, args.prompt_len, args.cont_len)
+        cells = [
+            f"pythia-{size}",
+            f"{a:.2f} (n={seed['n']}, batch {seed['batch']})" if seed else "—",
+            f"{b:.1f} (batch {hf['batch']})" if hf else "—",
+            fmt(c),
+            fmt(c / a if c and a else None, ".1f", "x"),
+            fmt(c / b if c and b else None, ".2f", "x"),
+            fmt(vm["busy"] * 100 if vm else None, ".1f", "%"),
+            fmt(vm["startup"] if vm else None),
+            f"{per_seq / 1e9:.2f}",
+            " / ".join(fmt(x * per_seq / 1e9 if x else None) for x in (a, b, c)),
+            fmt(100 * c * per_seq / peak if c else None, ".1f", "%"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(results: dict, args) -> str:
+    lines = []
+    for size, r in results.items():
+        if "hf" in r:
+            tried = ", ".join(f"{k}: {v:.1f}" for k, v in r["hf"]["by_batch"].items())
+            lines.append(f"- pythia-{size} (b) seq/s by batch size on {r['hf']['n']} sequences: "
+                         f"{tried}")
+        if "vmem" in r:
+            lines.append(f"- pythia-{size} (c) {r['vmem']['n']} sequences; including process "
+                         f"and engine start-up: {r['vmem']['process_seq_s']:.1f} seq/s; engine "
+                         f"{json.dumps(r['vmem']['engine'], sort_keys=True)}")
+    return "\n".join(lines)
+
+
+def record(text: str, path: Path) -> None:
+    """Append (never overwrite) one run's section to the results file."""
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", nargs="+", default=["pythia-70m", "pythia-160m"],
+                        help="Pythia shapes (pythia-70m, 160m, ..., 12b)")
+    parser.add_argument("--methods", default="seed,hf,vmem",
+                        help="comma-separated subset of seed (a), hf (b), vmem (c)")
+    parser.add_argument("--n", type=int, default=2048, help="sequences for vmem (c)")
+    parser.add_argument("--n-seed", type=int, default=64, help="sequences for the seed's method")
+    parser.add_argument("--n-hf", type=int, default=512, help="sequences per batch size in (b)")
+    parser.add_argument("--hf-batch-sizes", default="32,128,512",
+                        help="batch sizes (b) tries, comma-separated")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16",
+                                                             "float32"])
+    parser.add_argument("--peak-dtype", default=None, help="matmul peak dtype (default --dtype)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for (a) and (b) (default: torch's choice)")
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--cont-len", type=int, default=32)
+    # vmem evaluate's settings; unset means vmem's defaults.
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=None)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--memory-share", type=float, default=0.3)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/vmem-bench-throughput"),
+                        help="models, dataset and run folders (models are kept for reuse)")
+    parser.add_argument("--keep", action="store_true", help="keep vmem's run folders")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md",
+                        help="markdown file the results are appended to")
+    parser.add_argument("--note", default="", help="a line recorded with the results")
+    args = parser.parse_args()
+    args.sizes = [s.removeprefix("pythia-") for s in args.shape]
+    unknown = [s for s in args.sizes if s not in pythia.SIZES]
+    if unknown:
+        parser.error(f"--shape {unknown[0]}: expected one of "
+                     f"{', '.join('pythia-' + s for s in pythia.SIZES)}")
+    args.methods = set(args.methods.split(","))
+    if not args.methods <= {"seed", "hf", "vmem"}:
+        parser.error(f"--methods {','.join(sorted(args.methods))}: expected seed, hf, vmem")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU visible")
+    args.hf_batch_sizes = [int(b) for b in args.hf_batch_sizes.split(",")]
+    args.dtype = resolve_dtype(args.dtype)
+    args.peak_dtype = args.peak_dtype or args.dtype
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    before = machine(args.device)
+    peak = matmul_peak(args.peak_dtype, args.device)
+    print(f"matmul peak ({args.peak_dtype}, {args.device}): {peak / 1e9:,.0f} GFLOP/s",
+          file=sys.stderr)
+    prompts = np.random.default_rng(1).integers(
+        1, TOKEN_IDS, size=(max(args.n_seed, args.n_hf), args.prompt_len), dtype=np.int64)
+    results = {}
+    for size in args.sizes:
+        print(f"pythia-{size} ({args.dtype}, {args.device}):", file=sys.stderr)
+        results[size] = measure_transformers(size, prompts, args)
+        if "vmem" in args.methods:
+            results[size]["vmem"] = measure_vmem(size, args)
+    after = os.getloadavg()[0]
+
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    gpu = f", GPU {before['gpu']}" if "gpu" in before else ""
+    text = (
+        f"\n## {when}: `{shlex.join(['python', 'bench/throughput.py', *sys.argv[1:]])}`\n\n"
+        f"Machine: {before['cpu']}, {before['cores']} cores, AMX {'yes' if before['amx'] else 'no'}"
+        f"{gpu}; torch {before['torch']} ({before['torch_threads']} threads for (a)/(b)); "
+        f"load average (1 min) {before['load']:.2f} at start, {after:.2f} at end. "
+        f"Run dtype {args.dtype}; matmul peak ({args.peak_dtype}) {peak / 1e9:,.0f} GFLOP/s. "
+        f"(a) runs on a subset of --n-seed sequences (it is slow); "
+        f"(b) on --n-hf sequences per batch size; (c) on --n sequences, seq/s after start-up."
+        + (f"\n\nNote: {args.note}" if args.note else "")
+        + f"\n\n{table(results, peak, args)}\n\n{notes(results, args)}\n"
+    )
+    print(text)
+    record(text, args.results)
+    print(f"appended to {args.results}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
