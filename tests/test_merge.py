@@ -67,6 +67,8 @@ def test_merge_writes_sorted_parquet_and_csv_with_the_manifest(tmp_path, run):
         assert merged["rows"] == STOP
     beside = json.loads((tmp_path / "merged.manifest.json").read_text())
     assert beside["settings"] == json.loads((run / "manifest.json").read_text())["settings"]
+    assert beside["timing"]["tasks"] == 1 and beside["timing"]["sequences_scored"] == STOP
+    assert beside["timing"]["started"] <= beside["timing"]["finished"]
 
 
 def test_gaps_are_listed_with_the_command_that_fills_them(capsys, tmp_path, run):

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from vmem import s3
 from vmem.errors import VmemError
 from vmem.mmidx import atomic_path
-from vmem.results import MANIFEST, columns_for, gaps, merge_ranges, parse_shard_name
+from vmem.results import MANIFEST, TASKS, columns_for, gaps, merge_ranges, parse_shard_name
 from vmem.runs import manifest_beside
 
 
@@ -47,7 +47,8 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
         if missing:
             _report_missing(run, missing, settings)
         _write(shards, settings, output, kind)
-    merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"])
+    merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"],
+                  timing=_timing(folder))
     with atomic_path(manifest_beside(output)) as tmp, open(tmp, "w") as f:
         f.write(json.dumps(merged, indent=2, sort_keys=True) + "\n")
     memorized = int((table["matches"] == settings["cont_len"]).sum())
@@ -70,9 +71,24 @@ def _local_run(run: str, s3_endpoint: str | None) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="vmem-merge-") as tmp:
         for key in s3.list_keys(client, bucket, prefix):
             name = key[len(prefix):]
-            if name == MANIFEST or parse_shard_name(name):
+            if name == MANIFEST or parse_shard_name(name) or name.startswith(f"{TASKS}/"):
                 s3.download_file(client, bucket, key, Path(tmp) / name)
         yield Path(tmp)
+
+
+def _timing(folder: Path) -> dict:
+    """When the run's tasks ran and how fast, from their completion markers."""
+    tasks = [json.loads(p.read_text()) for p in sorted((folder / TASKS).glob("task-*.json"))]
+    tasks = [t for t in tasks if "finished" in t]
+    if not tasks:
+        return {}
+    scored = sum(t["scored_now"] for t in tasks)
+    engine_seconds = sum(t["seconds"] for t in tasks)
+    return {"tasks": len(tasks), "started": min(t["started"] for t in tasks),
+            "finished": max(t["finished"] for t in tasks), "sequences_scored": scored,
+            "task_seconds": round(engine_seconds, 3),
+            "sequences_per_task_second": round(scored / engine_seconds, 2)
+            if engine_seconds else None}
 
 
 def _read_manifest(folder: Path, run: str) -> dict:
