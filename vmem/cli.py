@@ -33,11 +33,13 @@ def _add_range(p: argparse.ArgumentParser, *, checkpoint: bool) -> None:
                        help="the batch_size sequences of training step S")
 
 
-def _add_engine(p: argparse.ArgumentParser) -> None:
+def _add_engine(p: argparse.ArgumentParser, *, engine: str) -> None:
     p.add_argument("--model", required=True, help="Hugging Face id or local model folder")
     p.add_argument("--revision", default=None,
                    help="hub revision (Pythia: stepN; default step{--checkpoint})")
-    p.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    p.add_argument("--engine", choices=["vllm", "hf"], default=engine,
+                   help=f"vllm (throughput) or hf (transformers: starts in seconds); "
+                        f"default {engine}")
     p.add_argument("--dtype", dest="model_dtype", default="auto",
                    choices=["auto", "float16", "bfloat16", "float32"],
                    help="auto: float16 on GPU (as the paper), bfloat16 on CPU")
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("-o", "--output", required=True, help="FILE.npy")
 
     ev = sub.add_parser("evaluate", help="score sequences for memorization into CSV shards")
-    _add_engine(ev)
+    _add_engine(ev, engine="vllm")
     ev.add_argument("--data", required=True, help="dataset path or s3:// URL")
     _add_data_source(ev)
     _add_range(ev, checkpoint=True)
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
 
     spot = sub.add_parser("spot", help="show prompt, truth and generation for a few sequences")
-    _add_engine(spot)
+    # A few sequences: engine start-up dominates, and transformers starts in seconds.
+    _add_engine(spot, engine="hf")
     spot.add_argument("--data", required=True)
     _add_data_source(spot)
     spot.add_argument("--index", type=int, action="append", required=True,
@@ -122,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole study on a mini suite trained on the spot")
     demo.add_argument("--out", default="demo-out")
     demo.add_argument("--quick", action="store_true", help="smaller suite (for tests and CI)")
-    demo.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    demo.add_argument("--engine", choices=["vllm", "hf"], default=None,
+                      help="default: vllm; hf with --quick (engine start-up dominates there)")
     return parser
 
 
