@@ -2,9 +2,10 @@
 
   (a) the seed's method: transformers `generate` without a KV cache (`use_cache=False`,
       `max_length=min_length=64`, greedy, batch 1024), as the original script ran it. It is very
-      slow on CPU, so it runs on a subset (--n-seed sequences, batch min(1024, --n-seed));
-  (b) transformers `generate` with its KV cache, at the best of a few batch sizes (--hf-batch-sizes,
-      on --n-hf sequences);
+      slow on CPU, so it runs on a subset (--n-seed sequences, batch min(1024, --n-seed)), with
+      the thread count (b) found best;
+  (b) transformers `generate` with its KV cache, at the best of a few thread counts x batch sizes
+      (--threads, --hf-batch-sizes; --n-hf sequences each);
   (c) vmem end to end: `vmem evaluate` in a child process on a dataset file written with
       `vmem.mmidx.write_merged` (--n rows of 2049 random uint16 ids < 50304): reading, engine,
       scoring and durable CSV shards all included; start-up and engine-busy share come from the
@@ -28,6 +29,7 @@ import gc
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -99,14 +101,15 @@ def sync(device: str) -> None:
 
 
 def matmul_peak(dtype: str, device: str) -> float:
-    """Best FLOP/s of a large square torch.matmul in `dtype` (a few repetitions)."""
+    """Best FLOP/s of a large square torch.matmul in `dtype` (best of 10: a busy machine only
+    slows some of them)."""
     n = 8192 if device == "cuda" else 4096
     a = torch.randn(n, n, device=device).to(getattr(torch, dtype))
     b = torch.randn(n, n, device=device).to(getattr(torch, dtype))
     torch.matmul(a, b)  # first call picks and prepares kernels
     sync(device)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(10):
         t0 = time.perf_counter()
         torch.matmul(a, b)
         sync(device)
@@ -145,27 +148,32 @@ def hf_seconds(model, prompts: np.ndarray, batch: int, cont_len: int, use_cache:
 
 
 def measure_transformers(size: str, prompts: np.ndarray, args) -> dict:
+    """(b) at each thread count x batch size, then (a) with the threads (b) liked best."""
     model = random_model(size, args.dtype, args.device)
-    hf_seconds(model, prompts[:2], 2, 2, True, args.device)  # warm-up: kernels, allocator
     found = {}
-    if "seed" in args.methods:
-        seed = prompts[:args.n_seed]
-        seconds = hf_seconds(model, seed, min(SEED_BATCH, len(seed)), args.cont_len, False,
-                             args.device)
-        found["seed"] = {"seq_s": len(seed) / seconds, "n": len(seed),
-                         "batch": min(SEED_BATCH, len(seed))}
-        print(f"  (a) seed's method: {len(seed)} seq in {seconds:.1f} s", file=sys.stderr)
-    if "hf" in args.methods:
+    by_setting = {}  # (threads, batch) -> seq/s
+    for threads in args.threads if "hf" in args.methods else []:
+        torch.set_num_threads(threads)
+        hf_seconds(model, prompts[:2], 2, 2, True, args.device)  # warm-up: kernels, allocator
         rows = prompts[:args.n_hf]
-        by_batch = {}
         for batch in args.hf_batch_sizes:
             seconds = hf_seconds(model, rows, batch, args.cont_len, True, args.device)
-            by_batch[batch] = len(rows) / seconds
-            print(f"  (b) transformers + cache, batch {batch}: {len(rows)} seq in "
-                  f"{seconds:.1f} s", file=sys.stderr)
-        best = max(by_batch, key=by_batch.get)
-        found["hf"] = {"seq_s": by_batch[best], "n": len(rows), "batch": best,
-                       "by_batch": by_batch}
+            by_setting[threads, batch] = len(rows) / seconds
+            print(f"  (b) transformers + cache, {threads} threads, batch {batch}: {len(rows)} seq "
+                  f"in {seconds:.1f} s", file=sys.stderr)
+    if by_setting:
+        threads, batch = max(by_setting, key=by_setting.get)
+        found["hf"] = {"seq_s": by_setting[threads, batch], "n": args.n_hf, "batch": batch,
+                       "threads": threads, "by_setting": by_setting}
+    if "seed" in args.methods:
+        torch.set_num_threads(found["hf"]["threads"] if by_setting else args.threads[-1])
+        hf_seconds(model, prompts[:2], 2, 2, False, args.device)  # warm-up
+        seed = prompts[:args.n_seed]
+        batch = min(SEED_BATCH, len(seed))
+        seconds = hf_seconds(model, seed, batch, args.cont_len, False, args.device)
+        found["seed"] = {"seq_s": len(seed) / seconds, "n": len(seed), "batch": batch,
+                         "threads": torch.get_num_threads()}
+        print(f"  (a) seed's method: {len(seed)} seq in {seconds:.1f} s", file=sys.stderr)
     del model
     gc.collect()
     if args.device == "cuda":
@@ -219,9 +227,7 @@ def measure_vmem(size: str, args) -> dict:
     print(f"  (c) vmem evaluate: {args.n} seq, start-up {stats['startup_seconds']:.1f} s, "
           f"then {stats['seconds']:.1f} s; process {wall:.1f} s; log {log}", file=sys.stderr)
     if not args.keep:
-        for path in sorted(out.rglob("*"), reverse=True):
-            path.rmdir() if path.is_dir() else path.unlink()
-        out.rmdir()
+        shutil.rmtree(out)
     return {"seq_s": stats["sequences_per_second"], "n": args.n,
             "busy": stats["engine_busy_share"], "startup": stats["startup_seconds"],
             "process_seq_s": args.n / wall, "engine": stats["engine_info"]}
@@ -242,8 +248,9 @@ def table(results: dict, peak: float, args) -> str:
         per_seq = flops_per_sequence(size, args.prompt_len, args.cont_len)
         cells = [
             f"pythia-{size}",
-            f"{a:.2f} (n={seed['n']}, batch {seed['batch']})" if seed else "—",
-            f"{b:.1f} (batch {hf['batch']})" if hf else "—",
+            f"{a:.2f} (n={seed['n']}, batch {seed['batch']}, {seed['threads']} thr)"
+            if seed else "—",
+            f"{b:.1f} (batch {hf['batch']}, {hf['threads']} thr)" if hf else "—",
             fmt(c),
             fmt(c / a if c and a else None, ".1f", "x"),
             fmt(c / b if c and b else None, ".2f", "x"),
@@ -261,9 +268,9 @@ def notes(results: dict, args) -> str:
     lines = []
     for size, r in results.items():
         if "hf" in r:
-            tried = ", ".join(f"{k}: {v:.1f}" for k, v in r["hf"]["by_batch"].items())
-            lines.append(f"- pythia-{size} (b) seq/s by batch size on {r['hf']['n']} sequences: "
-                         f"{tried}")
+            tried = ", ".join(f"{t} thr x batch {b}: {v:.1f}"
+                              for (t, b), v in r["hf"]["by_setting"].items())
+            lines.append(f"- pythia-{size} (b) seq/s on {r['hf']['n']} sequences: {tried}")
         if "vmem" in r:
             lines.append(f"- pythia-{size} (c) {r['vmem']['n']} sequences; including process "
                          f"and engine start-up: {r['vmem']['process_seq_s']:.1f} seq/s; engine "
@@ -285,15 +292,15 @@ def parse_args() -> argparse.Namespace:
                         help="comma-separated subset of seed (a), hf (b), vmem (c)")
     parser.add_argument("--n", type=int, default=2048, help="sequences for vmem (c)")
     parser.add_argument("--n-seed", type=int, default=64, help="sequences for the seed's method")
-    parser.add_argument("--n-hf", type=int, default=512, help="sequences per batch size in (b)")
-    parser.add_argument("--hf-batch-sizes", default="32,128,512",
+    parser.add_argument("--n-hf", type=int, default=256, help="sequences per batch size in (b)")
+    parser.add_argument("--hf-batch-sizes", default="64,256",
                         help="batch sizes (b) tries, comma-separated")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16",
                                                              "float32"])
     parser.add_argument("--peak-dtype", default=None, help="matmul peak dtype (default --dtype)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for (a) and (b) (default: torch's choice)")
+    parser.add_argument("--threads", default=f"1,{torch.get_num_threads()}",
+                        help="torch thread counts (b) tries, comma-separated; (a) uses the best")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--cont-len", type=int, default=32)
     # vmem evaluate's settings; unset means vmem's defaults.
@@ -320,6 +327,7 @@ def parse_args() -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no GPU visible")
     args.hf_batch_sizes = [int(b) for b in args.hf_batch_sizes.split(",")]
+    args.threads = sorted({int(t) for t in args.threads.split(",")})
     args.dtype = resolve_dtype(args.dtype)
     args.peak_dtype = args.peak_dtype or args.dtype
     return args
@@ -327,11 +335,14 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     args.dir.mkdir(parents=True, exist_ok=True)
     before = machine(args.device)
     peak = matmul_peak(args.peak_dtype, args.device)
+    # vLLM's CPU worker computes on one core (it keeps one for its scheduler): that core's peak.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    peak_one = matmul_peak(args.peak_dtype, args.device) if args.device == "cpu" else None
+    torch.set_num_threads(threads)
     print(f"matmul peak ({args.peak_dtype}, {args.device}): {peak / 1e9:,.0f} GFLOP/s",
           file=sys.stderr)
     prompts = np.random.default_rng(1).integers(
@@ -345,17 +356,19 @@ def main() -> None:
     after = os.getloadavg()[0]
 
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = shlex.join(["python", "bench/throughput.py", *sys.argv[1:]])
     gpu = f", GPU {before['gpu']}" if "gpu" in before else ""
+    one = f" ({peak_one / 1e9:,.0f} on one thread)" if peak_one else ""
+    note = f"\n\nNote: {args.note}" if args.note else ""
     text = (
-        f"\n## {when}: `{shlex.join(['python', 'bench/throughput.py', *sys.argv[1:]])}`\n\n"
+        f"\n## {when}: `{command}`\n\n"
         f"Machine: {before['cpu']}, {before['cores']} cores, AMX {'yes' if before['amx'] else 'no'}"
-        f"{gpu}; torch {before['torch']} ({before['torch_threads']} threads for (a)/(b)); "
+        f"{gpu}; torch {before['torch']} (default {before['torch_threads']} threads); "
         f"load average (1 min) {before['load']:.2f} at start, {after:.2f} at end. "
-        f"Run dtype {args.dtype}; matmul peak ({args.peak_dtype}) {peak / 1e9:,.0f} GFLOP/s. "
-        f"(a) runs on a subset of --n-seed sequences (it is slow); "
-        f"(b) on --n-hf sequences per batch size; (c) on --n sequences, seq/s after start-up."
-        + (f"\n\nNote: {args.note}" if args.note else "")
-        + f"\n\n{table(results, peak, args)}\n\n{notes(results, args)}\n"
+        f"Run dtype {args.dtype}; matmul peak ({args.peak_dtype}) {peak / 1e9:,.0f} GFLOP/s{one}. "
+        f"(a) runs on a subset of --n-seed sequences (it is slow); (b) on --n-hf sequences per "
+        f"setting; (c) on --n sequences, seq/s after start-up.{note}\n\n"
+        f"{table(results, peak, args)}\n\n{notes(results, args)}\n"
     )
     print(text)
     record(text, args.results)
