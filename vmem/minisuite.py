@@ -28,12 +28,14 @@ class Shape:
     name: str
     hidden: int
     layers: int  # heads = hidden // 64: vLLM's CPU backend refuses heads smaller than 64
+    lr: float  # peak learning rate: lower for larger models, as in Pythia
 
     def non_embedding_params(self) -> int:
         return 12 * self.layers * self.hidden ** 2  # attention 4·h² + MLP 8·h² per layer
 
 
-SHAPES = {s.name: s for s in (Shape("0.2m", 64, 4), Shape("1m", 128, 5), Shape("4m", 256, 5))}
+SHAPES = {s.name: s for s in (Shape("0.2m", 64, 4, 1e-2), Shape("1m", 128, 5, 6e-3),
+                              Shape("4m", 256, 5, 3e-3))}
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,6 @@ class Training:
     batch_size: int  # sequences per step
     steps: int
     checkpoints: tuple[int, ...]
-    lr: float
     seed: int = 0
 
 
@@ -85,7 +86,7 @@ def train_model(shape: Shape, training: Training, models: Path) -> None:
     torch.use_deterministic_algorithms(True)
     dataset = open_dataset(training.data)
     model = GPTNeoXForCausalLM(neox_config(shape, training.vocab, dataset.seq_len))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, betas=(0.9, 0.95),
+    optimizer = torch.optim.AdamW(model.parameters(), lr=shape.lr, betas=(0.9, 0.95),
                                   weight_decay=0.01)
     # Pythia's schedule: linear warm-up over the first 1% of steps (here at least 10), then
     # cosine decay to 10% of the peak.

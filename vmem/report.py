@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ EXPORT_MAX_GAP = 4  # memorized sequences this close are read in one span (cheap
 EXPORT_MAX_SPAN = 1024  # ... but a span never crosses a multiple of this many sequences
 EXPORT_ROWS_PER_GROUP = 65_536
 
+# A caller's own analysis: writes its files under the report folder and adds blocks to the report.
+Section = Callable[[Document, Path], None]
+
 
 def report_command(args) -> int:
     out = Path(args.output)
@@ -36,7 +40,8 @@ def report_command(args) -> int:
     return 0
 
 
-def write_report(runs: list[Run], results: str, out: Path) -> None:
+def write_report(runs: list[Run], results: str, out: Path,
+                 extra_sections: Sequence[Section] = ()) -> None:
     """Compute everything first (a bad input fails before anything is written), then write the
     report into a temporary folder beside `out` and rename it into place."""
     runs = sorted(runs, key=lambda r: (r.suite, r.params or 0, r.step or 0, r.name))
@@ -53,7 +58,7 @@ def write_report(runs: list[Run], results: str, out: Path) -> None:
             table.to_csv(tmp / "tables" / f"{name}.csv", index=False, float_format="%.10g",
                          lineterminator="\n")
         drawn = _figures(tables, fits, tmp / "figures")
-        document = _document(runs, results, tables, drawn)
+        document = _document(runs, results, tables, drawn, extra_sections, tmp)
         (tmp / "report.md").write_text(document.markdown(), encoding="utf-8")
         (tmp / "report.html").write_text(document.html(tmp), encoding="utf-8")
         _replace_folder(tmp, out)
@@ -102,7 +107,8 @@ def _figures(tables: dict[str, pd.DataFrame], fits: dict, folder: Path) -> dict[
 
 
 def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
-              drawn: dict[str, str]) -> Document:
+              drawn: dict[str, str], extra_sections: Sequence[Section] = (),
+              folder: Path | None = None) -> Document:
     rates, pred = tables["memorization_rates"], tables["predictability"]
     doc = Document("Memorization report")
     doc.paragraph(
@@ -172,6 +178,9 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
                       "with --logprobs), memorized vs other sequences.")
         doc.table(_show(tables["logprob_summary"]))
         doc.figure(drawn["logprob"], "Distribution of the continuation's log-probability.")
+
+    for section in extra_sections:
+        section(doc, folder)
 
     doc.heading("Files")
     doc.bullets([f"`tables/{name}.csv`" for name in tables]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ MANIFEST_SUFFIX = ".manifest.json"
 COLUMNS = "index,score,matches,prefix_match[,cont_logprob]"
 BATCH_ROWS = 1 << 20
 OTHER_SUITE = "other"  # every non-Pythia model: one suite, compared among themselves
+# A local checkpoint folder MODEL/stepN (as `vmem demo` saves them) is a checkpoint of MODEL.
+CHECKPOINT_FOLDER = re.compile(r"^(?P<model>.*[^/])/step\d+/*$")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
     step = manifest.get("step")
     if step is None:
         step = pythia.step_of_revision(settings.get("revision"))
+    if (folder := CHECKPOINT_FOLDER.match(model)) is not None:
+        model = folder.group("model")
     params = manifest.get("params")
     if params is None and (size := pythia.size_of(model)) is not None:
         params = size.params

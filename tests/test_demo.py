@@ -1,0 +1,119 @@
+"""`vmem demo --quick` end to end: run once, then check its files for the study's real signal."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vmem import cli, minicorpus
+from vmem.data import open_dataset
+from vmem.demo import QUICK
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert cli.main(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def table(demo, name: str) -> pd.DataFrame:
+    return pd.read_csv(demo / "report" / "tables" / f"{name}.csv")
+
+
+def final_runs(demo) -> pd.DataFrame:
+    rates = table(demo, "memorization_rates")
+    return rates[rates["step"] == rates["step"].max()].sort_values("params")
+
+
+def test_dataset_is_in_pythias_sharded_layout(demo):
+    names = sorted(p.name for p in (demo / "data").iterdir() if p.suffix in (".bin", ".idx"))
+    shards = [n for n in names if n.endswith(".bin")]
+    last = len(shards) - 1
+    assert shards == [f"document-{k:05d}-of-{last:05d}.bin" for k in range(last + 1)]
+    assert "document.idx" in names and last >= 1
+    dataset = open_dataset(str(demo / "data"))
+    assert (dataset.layout, dataset.seq_len) == ("sharded", QUICK.corpus.seq_len)
+    assert dataset.num_sequences % QUICK.corpus.epochs == 0  # whole epochs, back to back
+
+
+def test_some_sequences_are_memorized_and_most_are_not(demo):
+    final = final_runs(demo)
+    assert final.iloc[-1]["memorized"] >= 30
+    assert (final["share"] < 0.5).all()
+
+
+def test_later_checkpoints_and_larger_models_memorize_at_least_as_much(demo):
+    rates = table(demo, "memorization_rates")
+    for _, rows in rates.groupby("model"):
+        assert rows.sort_values("step")["memorized"].is_monotonic_increasing
+    assert final_runs(demo)["share"].is_monotonic_increasing
+
+
+def test_duplicated_openings_are_memorized_far_more_often(demo):
+    dup = table(demo, "duplication")
+    largest = final_runs(demo).iloc[-1]["run"]
+    rows = dup[dup["run"] == largest]
+    once, many = rows[rows["occurrences_min"] == 1], rows[rows["occurrences_min"] >= 4]
+    share_once = once["memorized"].sum() / once["sequences"].sum()
+    share_many = many["memorized"].sum() / many["sequences"].sum()
+    assert many["sequences"].sum() >= 50
+    assert share_many >= 0.2 and share_many >= 5 * share_once, (share_once, share_many)
+    assert (demo / "report" / "figures" / "duplication.png").stat().st_size > 0
+    for document in ("report.md", "report.html"):
+        assert "Memorization against duplication" in (demo / "report" / document).read_text()
+
+
+def test_opening_counts_agree_with_the_stored_sequences(demo):
+    """Every corpus row is stored once per epoch, so the stored rows sharing an opening, divided
+    by the epochs, are copies within the corpus: a lower bound of the counted occurrences."""
+    counts = np.load(demo / "data" / "opening_counts.npy")
+    rows = open_dataset(str(demo / "data")).read(0, len(counts))
+    _, inverse, same = np.unique(rows[:, :minicorpus.OPENING], axis=0, return_inverse=True,
+                                 return_counts=True)
+    as_rows = same[inverse.ravel()] // QUICK.corpus.epochs
+    assert (counts >= as_rows).all() and (as_rows >= 1).all()
+    assert (counts > 1).any() and (counts == 1).mean() > 0.5  # duplication is the exception
+
+
+def test_predictability_uses_the_sequences_both_runs_have_seen(demo):
+    pred = table(demo, "predictability")
+    assert set(pred["family"]) == {"A", "B"}
+    for row in pred.itertuples():
+        cheap = pd.read_parquet(demo / "results" / f"{row.cheap}.parquet")
+        target = pd.read_parquet(demo / "results" / f"{row.target}.parquet")
+        stop = min(row.cheap_step, row.target_step) * QUICK.batch_size
+        assert (row.start, row.stop) == (0, stop)
+        c = cheap["score"].to_numpy()[:stop] == 1
+        t = target["score"].to_numpy()[:stop] == 1
+        assert (row.tp, row.fp, row.fn, row.tn) == ((c & t).sum(), (c & ~t).sum(),
+                                                     (~c & t).sum(), (~c & ~t).sum())
+
+
+def test_checkpoints_decode_text_from_the_standard_library(demo):
+    from transformers import AutoTokenizer
+
+    model = next((demo / "models").glob("*/step*"))
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    row = open_dataset(str(demo / "data")).read(0, 1)[0].tolist()
+    piece = max(tokenizer.decode(row).split(minicorpus.EOS_TOKEN), key=len).strip("\ufffd")
+    assert len(piece) > 20
+    assert any(piece in path.read_text(encoding="utf-8", errors="replace")
+               for path in minicorpus.stdlib_modules())
+
+
+def test_rerun_reuses_finished_stages(demo, capsys):
+    assert cli.main(["demo", "--quick", "--out", str(demo)]) == 0
+    printed = capsys.readouterr().out
+    assert "already built" in printed
+    assert len(re.findall(r"already trained", printed)) == len(QUICK.sizes)
+    assert len(re.findall(r"already evaluated", printed)) == 2 * len(QUICK.sizes)
+
+
+def test_rerun_with_other_settings_is_one_clear_error(demo, capsys):
+    assert cli.main(["demo", "--out", str(demo), "--engine", "hf"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(demo) in err[0] and "--quick" in err[0]

@@ -1,0 +1,233 @@
+"""`vmem demo`: the whole study end to end on a laptop CPU, as a worked example of vmem's API.
+
+1. corpus   — standard-library text → BPE tokens → sequences, written with `mmidx.write_sharded`
+2. train    — a mini GPT-NeoX suite, saved as DIR/models/SIZE/stepN/ (vmem.minisuite)
+3. evaluate — every (size, checkpoint) on the sequences it has seen, with `evaluate.evaluate`,
+              then `merge.merge_run` into DIR/results/
+4. report   — `report.write_report` into DIR/report/, plus the duplication analysis
+
+Rerunning with the same DIR reuses what is finished: the corpus, trained models, evaluated chunks
+(evaluate resumes by itself) and merged runs; the report is rewritten (it takes seconds).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vmem import minicorpus, minisuite
+from vmem.data import open_dataset
+from vmem.document import Document
+from vmem.engine import EngineConfig
+from vmem.errors import VmemError
+from vmem.evaluate import Evaluation, evaluate
+from vmem.merge import merge_run
+from vmem.mmidx import atomic_path
+from vmem.report import write_report
+from vmem.runs import Run, load_runs
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    corpus: minicorpus.CorpusConfig
+    sizes: tuple[str, ...]  # names in minisuite.SHAPES
+    batch_size: int  # sequences per training step
+    checkpoints: tuple[float, ...]  # as shares of training; the last (1.0) is the final one
+
+
+# ~1,900 sequences of 64+1 tokens, stored as 3 epochs: ~350 training steps of 16 sequences.
+CORPUS = minicorpus.CorpusConfig(chars=360_000, codec_share=0.3, head_chars=3000, vocab=2048,
+                                 seq_len=65, epochs=3, shards=4)
+DEFAULT = DemoConfig(CORPUS, ("0.2m", "1m", "4m"), batch_size=16, checkpoints=(2 / 3, 1.0))
+# --quick: the default suite without its largest size, on the same data (so the same weights).
+QUICK = DemoConfig(CORPUS, ("0.2m", "1m"), batch_size=16, checkpoints=(2 / 3, 1.0))
+# A vLLM CPU engine reserves this share of RAM for its KV cache (~1 GB of 24 GB); the demo's
+# models and prompts need far less, and it keeps the demo within a few GB.
+MEMORY_SHARE = 0.04
+
+
+def demo_command(args) -> int:
+    config = QUICK if args.quick else DEFAULT
+    # Engine start-up dominates on CPU (tens of seconds per vLLM engine), so --quick uses the
+    # transformers engine unless told otherwise; the default demo uses vLLM like real runs.
+    engine = args.engine or ("hf" if args.quick else "vllm")
+    run_demo(config, Path(args.out), engine)
+    return 0
+
+
+def run_demo(config: DemoConfig, out: Path, engine: str) -> None:
+    started = time.time()
+
+    def stage(number: int, title: str) -> None:
+        elapsed = time.time() - started
+        print(f"\n[vmem demo {int(elapsed) // 60}:{int(elapsed) % 60:02d}] {number}/4 {title}",
+              flush=True)
+
+    _claim(out, config, engine)
+    stage(1, "corpus: Python's standard library → tokens → sequences")
+    data = build_data(config, out)
+    dataset = open_dataset(data)
+    steps = dataset.num_sequences // config.batch_size
+    checkpoints = tuple(round(share * steps) for share in config.checkpoints)
+    print(f"  {dataset.num_sequences:,} sequences of {dataset.seq_len} tokens in "
+          f"{len(dataset.files)} files ({dataset.layout}); {steps} steps of "
+          f"{config.batch_size}; checkpoints {', '.join(f'step{s}' for s in checkpoints)}")
+
+    stage(2, f"train: GPT-NeoX sizes {', '.join(config.sizes)} on the stored order")
+    training = minisuite.Training(data=data, tokenizer=str(out / "tokenizer"),
+                                  vocab=config.corpus.vocab, batch_size=config.batch_size,
+                                  steps=steps, checkpoints=checkpoints, seed=config.corpus.seed)
+    minisuite.train_suite(list(config.sizes), training, out / "models")
+
+    stage(3, f"evaluate: each checkpoint on the sequences it has seen ({engine} engine)")
+    if engine == "hf":
+        import torch
+
+        # Tiny models: a second thread saves little, and on a busy machine a descheduled
+        # thread stalls every one of the thousands of small operations (measured: 10x slower).
+        torch.set_num_threads(1)
+    for size in config.sizes:
+        for step in checkpoints:
+            evaluate_checkpoint(out, data, size, step, config.batch_size, engine)
+
+    stage(4, "report")
+    runs = load_runs(str(out / "results"))
+    counts = np.load(out / "data" / "opening_counts.npy")
+    write_report(runs, str(out / "results"), out / "report",
+                 extra_sections=[partial(duplication_section, runs, counts)])
+    print_headlines(out / "report")
+    elapsed = time.time() - started
+    print(f"\nvmem demo: done in {int(elapsed) // 60}:{int(elapsed) % 60:02d}; report: "
+          f"{(out / 'report' / 'report.html').resolve()}")
+
+
+def _claim(out: Path, config: DemoConfig, engine: str) -> None:
+    """DIR/demo.json records what DIR holds; a rerun must ask for the same demo."""
+    settings = json.loads(json.dumps({"config": asdict(config), "engine": engine}))
+    path = out / "demo.json"
+    if path.exists():
+        if json.loads(path.read_text()) != settings:
+            raise VmemError(f"--out {out} holds a demo with other settings ({path}); rerun it "
+                            f"with the same --quick/--engine or choose another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(json.dumps(settings, indent=2) + "\n")
+
+
+def build_data(config: DemoConfig, out: Path) -> str:
+    """DIR/data (the sharded dataset + each sequence's duplication count) and DIR/tokenizer."""
+    data, counts = out / "data", out / "data" / "opening_counts.npy"
+    if counts.exists():  # written last
+        print("  already built")
+        return str(data)
+    corpus = minicorpus.build_corpus(config.corpus)
+    minicorpus.save_tokenizer(corpus.tokenizer, out / "tokenizer")
+    minicorpus.write_corpus(corpus, data, config.corpus.shards)
+    with atomic_path(counts) as tmp, open(tmp, "wb") as f:
+        np.save(f, corpus.opening_counts)
+    return str(data)
+
+
+def evaluate_checkpoint(out: Path, data: str, size: str, step: int, batch_size: int,
+                        engine: str) -> None:
+    name = f"{size}-step{step}"
+    merged = out / "results" / f"{name}.parquet"
+    if merged.with_name(f"{name}.manifest.json").exists():  # merge writes it last
+        print(f"  {name}: already evaluated and merged")
+        return
+    model = minisuite.checkpoint_dir(out / "models", size, step)
+    ev = Evaluation(
+        engine=EngineConfig(str(model), engine=engine, dtype="float32",
+                            memory_share=MEMORY_SHARE, enforce_eager=True),
+        data=data, out=str(out / "runs" / name), checkpoint=step, batch_size=batch_size,
+        chunk_size=1024)
+    evaluate(ev)
+    gc.collect()  # the engine is gone before the next one starts: one engine at a time
+    merge_run(ev.out, str(merged))
+
+
+def duplication_table(runs: list[Run], counts: np.ndarray) -> pd.DataFrame:
+    """Memorized share by how often a sequence's opening occurs in the corpus (bins 1, 2-3,
+    4-7, ... by powers of two), per run."""
+    rows = []
+    for run in runs:
+        seen = counts[run.start:run.stop]
+        memorized = run.matches == run.cont_len
+        bins = np.floor(np.log2(seen)).astype(np.int64)
+        for b in np.unique(bins):
+            inside = bins == b
+            low, high = 2 ** b, 2 ** (b + 1) - 1
+            rows.append(dict(run=run.name, model=run.label, step=run.step,
+                             occurrences=str(low) if low == high else f"{low}-{high}",
+                             occurrences_min=int(low), sequences=int(inside.sum()),
+                             memorized=int(memorized[inside].sum()),
+                             share=float(memorized[inside].mean())))
+    return pd.DataFrame(rows)
+
+
+def duplication_figure(table: pd.DataFrame, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    for run, rows in table.groupby("run", sort=False):
+        ax.plot(rows["occurrences_min"], rows["share"] * 100, marker="o", label=run)
+    ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    bins = table.drop_duplicates("occurrences_min").sort_values("occurrences_min")
+    ax.set_xticks(bins["occurrences_min"], bins["occurrences"])
+    ax.set_xlabel("occurrences of the sequence's first 64 tokens in the corpus")
+    ax.set_ylabel("memorized, % of the bin's sequences")
+    ax.set_title("Duplicated text is memorized far more often")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+
+
+def duplication_section(runs: list[Run], counts: np.ndarray, doc: Document,
+                        folder: Path) -> None:
+    """The report's extra section (a `report.Section`): memorization against duplication."""
+    table = duplication_table(runs, counts)
+    table.to_csv(folder / "tables" / "duplication.csv", index=False, lineterminator="\n")
+    duplication_figure(table, folder / "figures" / "duplication.png")
+    doc.heading("Memorization against duplication (demo)")
+    doc.paragraph("For each sequence, how many times its first 64 tokens occur anywhere in the "
+                  "corpus text (the stored epochs repeat every sequence; this counts copies "
+                  "within the text itself). All values: `tables/duplication.csv`.")
+    shown = table.assign(share=[f"{v:.1%}" for v in table["share"]])
+    doc.table(shown[["run", "occurrences", "sequences", "memorized", "share"]].astype(str))
+    doc.figure("figures/duplication.png", "Memorized share by the opening's occurrences.")
+
+
+def print_headlines(report: Path) -> None:
+    rates = pd.read_csv(report / "tables" / "memorization_rates.csv")
+    final = rates[rates["step"] == rates["step"].max()].sort_values("params")
+    print("\nMemorized share at the final checkpoint:")
+    for row in final.itertuples():
+        print(f"  {row.model:>5} ({row.params:,} parameters): {row.share:.2%} "
+              f"({row.memorized:,} of {row.evaluated:,} sequences)")
+    largest = final.iloc[-1]["run"]
+    predictors = pd.read_csv(report / "tables" / "predictability.csv")
+    predictors = predictors[predictors["target"] == largest].sort_values(
+        ["recall", "precision"], ascending=False)
+    if len(predictors):
+        best = predictors.iloc[0]
+        print(f"Best predictor of {largest}: {best['cheap']} (family {best['family']}), "
+              f"recall {best['recall']:.3f}, precision {best['precision']:.3f}")
+    dup = pd.read_csv(report / "tables" / "duplication.csv")
+    dup = dup[dup["run"] == largest]
+    once, more = dup[dup["occurrences_min"] == 1], dup[dup["occurrences_min"] >= 4]
+    if len(once) and len(more):
+        print(f"{largest}: memorized {once['memorized'].sum() / once['sequences'].sum():.1%} of "
+              f"sequences whose opening occurs once, "
+              f"{more['memorized'].sum() / more['sequences'].sum():.1%} of those occurring 4+ "
+              f"times")
+    sys.stdout.flush()
