@@ -72,6 +72,7 @@ def _local_run(run: str, s3_endpoint: str | None) -> Iterator[Path]:
         for key in s3.list_keys(client, bucket, prefix):
             name = key[len(prefix):]
             if name == MANIFEST or parse_shard_name(name) or name.startswith(f"{TASKS}/"):
+                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(client, bucket, key, Path(tmp) / name)
         yield Path(tmp)
 
