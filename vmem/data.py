@@ -299,11 +299,8 @@ class Batch:
     continuations: np.ndarray  # int64 (n, cont_len): the true next tokens
 
 
-def iter_batches(dataset: Dataset, start: int, stop: int, *, batch_size: int,
-                 prompt_len: int = 32, cont_len: int = 32, offset: int = 0,
-                 prefetch: int = 2) -> Iterator[Batch]:
-    """Batches of `batch_size` sequences over [start, stop) in order (the last may be short),
-    read up to `prefetch` batches ahead by background threads."""
+def check_window(dataset: Dataset, prompt_len: int, cont_len: int, offset: int) -> None:
+    """The prompt and continuation must lie inside every sequence."""
     if prompt_len < 1 or cont_len < 1 or offset < 0:
         raise VmemError(f"--prompt-len {prompt_len} and --cont-len {cont_len} must be at least 1 "
                         f"and --offset {offset} at least 0")
@@ -312,6 +309,15 @@ def iter_batches(dataset: Dataset, start: int, stop: int, *, batch_size: int,
         raise VmemError(f"--offset {offset} + --prompt-len {prompt_len} + --cont-len {cont_len} "
                         f"= {end} exceeds the {dataset.seq_len}-token sequences of "
                         f"{dataset.location}")
+
+
+def iter_batches(dataset: Dataset, start: int, stop: int, *, batch_size: int,
+                 prompt_len: int = 32, cont_len: int = 32, offset: int = 0,
+                 prefetch: int = 2) -> Iterator[Batch]:
+    """Batches of `batch_size` sequences over [start, stop) in order (the last may be short),
+    read up to `prefetch` batches ahead by background threads."""
+    check_window(dataset, prompt_len, cont_len, offset)
+    end = offset + prompt_len + cont_len
     if batch_size < 1:
         raise VmemError(f"batch size {batch_size}: must be at least 1")
     if not 0 <= start <= stop <= dataset.num_sequences:

@@ -20,7 +20,7 @@ import numpy as np
 
 import vmem
 from vmem import pythia
-from vmem.data import iter_batches, open_dataset, resolve_range
+from vmem.data import check_window, iter_batches, open_dataset, resolve_range
 from vmem.engine import EngineConfig, build_engine, preflight, resolve_dtype
 from vmem.errors import VmemError
 from vmem.results import RunFolder, fingerprint, gaps, shard_csv
@@ -93,11 +93,7 @@ def evaluate(ev: Evaluation, engine=None) -> dict:
                            s3_endpoint=ev.s3_endpoint)
     start, stop = resolve_range(dataset, ev.start, ev.stop, checkpoint=ev.checkpoint,
                                 batch_size=ev.batch_size)
-    needed = ev.offset + ev.prompt_len + ev.cont_len
-    if needed > dataset.seq_len or min(ev.offset, ev.prompt_len - 1, ev.cont_len - 1) < 0:
-        raise VmemError(f"--offset {ev.offset} + --prompt-len {ev.prompt_len} + --cont-len "
-                        f"{ev.cont_len} = {needed}: expected positive lengths within the "
-                        f"{dataset.seq_len}-token sequences of {ev.data}")
+    check_window(dataset, ev.prompt_len, ev.cont_len, ev.offset)  # before an engine starts
     if engine is None:
         preflight(ev.engine)
     manifest = build_manifest(ev, dataset, start, stop)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vmem.data import open_dataset
+from vmem.data import check_window, open_dataset
 from vmem.engine import EngineConfig, build_engine
 from vmem.errors import VmemError
 from vmem.scoring import score_batch
@@ -32,9 +32,7 @@ def spot(dataset, indices: list[int], engine_config: EngineConfig, *, prompt_len
         if not 0 <= index < dataset.num_sequences:
             raise VmemError(f"--index {index}: expected 0..{dataset.num_sequences - 1} "
                             f"({dataset.num_sequences} sequences in {dataset.location})")
-    if offset + prompt_len + cont_len > dataset.seq_len:
-        raise VmemError(f"--offset + --prompt-len + --cont-len = {offset + prompt_len + cont_len}:"
-                        f" expected at most the sequence length {dataset.seq_len}")
+    check_window(dataset, prompt_len, cont_len, offset)
     rows = np.stack([dataset.read(i, i + 1)[0] for i in indices]).astype(np.int64)
     prompts = rows[:, offset:offset + prompt_len]
     truth = rows[:, offset + prompt_len:offset + prompt_len + cont_len]
