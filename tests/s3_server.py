@@ -35,7 +35,7 @@ FAKE_CREDENTIALS = {
 }
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -45,7 +45,7 @@ def _free_port() -> int:
 def moto_server(timeout_s: float = 60) -> Iterator[str]:
     """Run `python -m moto.server` on a free loopback port; yield its endpoint URL once it answers.
     (Also used by bench/data_path.py.)"""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                                "-p", str(port)], stdout=subprocess.DEVNULL,

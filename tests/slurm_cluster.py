@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_server import free_port
+
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel")
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
             "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
@@ -74,12 +76,6 @@ class SlurmCluster:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.root.glob("*.log"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _node_line() -> str:
     """This machine as slurmd sees it (`NodeName=h CPUs=2 ... RealMemory=...`), at 127.0.0.1."""
     hardware = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True)
@@ -93,8 +89,8 @@ def _config(root: Path, host: str, node: str) -> str:
     return f"""\
 ClusterName=vmemtest
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

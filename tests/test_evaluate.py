@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests.cli import cli_error
 from tests.models import EOS_SEQUENCE, MEMORIZED, NUM_SEQUENCES
 from vmem.cli import main
 from vmem.engine import EngineConfig
@@ -174,13 +175,6 @@ def test_sigkill_at_any_moment_then_rerun_gives_exactly_once_equal_rows(
     assert merged["rows"] == NUM_SEQUENCES
 
 
-def _error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0, err
-    return err
-
-
 @pytest.fixture
 def cli_base(tiny_model_dir, tiny_dataset):
     return ["evaluate", "--model", tiny_model_dir, "--data", tiny_dataset, "--engine", "hf",
@@ -201,14 +195,14 @@ def test_bad_inputs_are_one_line_with_nothing_written(capsys, tmp_path, cli_base
         str(NUM_SEQUENCES): base + ["--start", "0", "--stop", "100000", "--out", str(out)],
     }
     for expected, argv in cases.items():
-        assert expected in _error(capsys, argv)
+        assert expected in cli_error(capsys, argv)
         assert not out.exists()
 
 
 def test_a_hub_revision_that_cannot_be_had_is_named(capsys, tmp_path, tiny_dataset, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    err = _error(capsys, ["evaluate", "--model", "EleutherAI/pythia-70m-deduped", "--data",
+    err = cli_error(capsys, ["evaluate", "--model", "EleutherAI/pythia-70m-deduped", "--data",
                           tiny_dataset, "--revision", "step0", "--start", "0", "--stop", "8",
                           "--out",
                           str(tmp_path / "o"), "--engine", "hf"])
@@ -221,14 +215,14 @@ def test_out_folder_of_another_run_or_unwritable_is_refused(capsys, tmp_path, cl
     assert main(cli_base + ["--start", "0", "--stop", "16", "--out", str(out)]) == 0
     capsys.readouterr()
     before = sorted(p.name for p in out.iterdir())
-    err = _error(capsys, cli_base + ["--start", "0", "--stop", "16", "--out", str(out),
+    err = cli_error(capsys, cli_base + ["--start", "0", "--stop", "16", "--out", str(out),
                                      "--offset", "1"])
     assert "different settings (offset: 0 != 1)" in err
     assert sorted(p.name for p in out.iterdir()) == before
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    err = _error(capsys, cli_base + ["--start", "0", "--stop", "16", "--out",
+    err = cli_error(capsys, cli_base + ["--start", "0", "--stop", "16", "--out",
                                      str(blocker / "out")])
     assert f"--out {blocker / 'out'}: cannot write there" in err
 

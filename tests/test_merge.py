@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.cli import cli_error
 from tests.s3_server import FAKE_CREDENTIALS, set_auth
 from vmem import s3
 from vmem.cli import main
@@ -52,12 +53,6 @@ def shard_at(run: Path, start: int) -> Path:
     return next(p for p in run.glob("scores-*.csv") if parse_shard_name(p.name)[1] == start)
 
 
-def _error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    return err[-1]
-
-
 def test_merge_writes_sorted_parquet_and_csv_with_the_manifest(tmp_path, run):
     expected = shard_rows(run)
     for name in ("merged.parquet", "merged.csv"):
@@ -75,7 +70,7 @@ def test_gaps_are_listed_with_the_command_that_fills_them(capsys, tmp_path, run)
     expected = shard_rows(run)
     shard_at(run, 50).unlink()
     shard_at(run, 150).unlink()
-    err = _error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.parquet")])
+    err = cli_error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.parquet")])
     assert "100 sequences missing in 2 range(s): [50, 100), [150, 200)" in err
     assert not (tmp_path / "m.parquet").exists()
     command = err.split("fill them with (it evaluates only what is missing): ")[1]
@@ -103,7 +98,7 @@ def test_conflicting_duplicates_are_an_error(capsys, tmp_path, run):
     overlap = rows.iloc[25:75].copy()
     overlap.loc[overlap["index"] == 60, "matches"] += 1
     overlap.to_csv(run / shard_name(fp, 25, 75), index=False)
-    err = _error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.csv")])
+    err = cli_error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.csv")])
     assert "conflicting duplicate: index 60 has matches" in err
     assert not (tmp_path / "m.csv").exists()
 
@@ -113,16 +108,16 @@ def test_shards_of_other_settings_are_refused(capsys, tmp_path, run, hf_engine, 
     other = tmp_path / "other"
     evaluate(evaluation(tiny_model_dir, tiny_dataset, str(other), offset=3), engine=hf_engine)
     shutil.copy(next(other.glob("scores-*.csv")), run)
-    err = _error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.parquet")])
+    err = cli_error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.parquet")])
     assert "was written with other settings" in err and "mixed runs cannot be merged" in err
     assert not (tmp_path / "m.parquet").exists()
 
 
 def test_bad_merge_inputs(capsys, tmp_path, run):
-    assert "expected a file name ending in .parquet or .csv" in _error(
+    assert "expected a file name ending in .parquet or .csv" in cli_error(
         capsys, ["merge", str(run), "-o", str(tmp_path / "m.txt")])
     (tmp_path / "empty").mkdir()
-    assert "no manifest.json" in _error(capsys, ["merge", str(tmp_path / "empty"), "-o",
+    assert "no manifest.json" in cli_error(capsys, ["merge", str(tmp_path / "empty"), "-o",
                                                  str(tmp_path / "m.csv")])
 
 

@@ -13,6 +13,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from tests.cli import cli_error
 from vmem import analysis
 from vmem.cli import main
 from vmem.runs import load_run
@@ -264,23 +265,16 @@ def test_report_from_s3_equals_local(study: Path, tmp_path: Path, s3_server, s3_
         assert (tmp_path / "remote" / "tables" / table.name).read_bytes() == table.read_bytes()
 
 
-def error_of(argv: list[str], capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("vmem: error: ") and err.count("\n") == 1, err
-    return err
-
-
 def test_empty_folder(tmp_path: Path, capsys) -> None:
     (tmp_path / "runs").mkdir()
-    err = error_of(["report", str(tmp_path / "runs"), "-o", str(tmp_path / "out")], capsys)
+    err = cli_error(capsys, ["report", str(tmp_path / "runs"), "-o", str(tmp_path / "out")])
     assert "no merged runs" in err and str(tmp_path / "runs") in err
     assert not (tmp_path / "out").exists()
 
 
 def test_run_without_manifest(study: Path, tmp_path: Path, capsys) -> None:
     (study / "p410m-23k.manifest.json").unlink()
-    err = error_of(["report", str(study), "-o", str(tmp_path / "out")], capsys)
+    err = cli_error(capsys, ["report", str(study), "-o", str(tmp_path / "out")])
     assert "p410m-23k.parquet: no manifest" in err
     assert list(tmp_path.iterdir()) == [study]  # nothing written, not even a temp folder
 
@@ -292,7 +286,7 @@ def test_runs_without_common_sequences(tmp_path: Path, capsys) -> None:
               memorized=[1])
     write_run(runs, "large", model="EleutherAI/pythia-1b", step=143_000, start=100, stop=200,
               memorized=[101])
-    err = error_of(["report", str(runs), "-o", str(tmp_path / "out")], capsys)
+    err = cli_error(capsys, ["report", str(runs), "-o", str(tmp_path / "out")])
     assert "small [0, 100) and large [100, 200) share no sequence index" in err
 
 
@@ -302,7 +296,7 @@ def test_missing_target_checkpoint(tmp_path: Path, capsys) -> None:
     for step in (23_000, 43_000):
         write_run(runs, f"p1b-{step}", model="EleutherAI/pythia-1b", step=step, start=0,
                   stop=100, memorized=[3])
-    err = error_of(["report", str(runs), "-o", str(tmp_path / "out")], capsys)
+    err = cli_error(capsys, ["report", str(runs), "-o", str(tmp_path / "out")])
     assert "EleutherAI/pythia-1b has checkpoints 23000, 43000 but not" in err
     assert "step143000" in err
 
@@ -314,7 +308,7 @@ def test_table_with_a_missing_index(tmp_path: Path, capsys) -> None:
                      memorized=[], fmt="csv")
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:11] + lines[12:]) + "\n")  # drop index 10
-    err = error_of(["report", str(runs), "-o", str(tmp_path / "out")], capsys)
+    err = cli_error(capsys, ["report", str(runs), "-o", str(tmp_path / "out")])
     assert "gap.csv: row 10 has index 11, expected 10" in err
 
 
@@ -322,7 +316,7 @@ def test_output_folder_that_is_not_a_report(study: Path, tmp_path: Path, capsys)
     keep = tmp_path / "mine"
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
-    err = error_of(["report", str(study), "-o", str(keep)], capsys)
+    err = cli_error(capsys, ["report", str(study), "-o", str(keep)])
     assert "is not a vmem report folder" in err
     assert (keep / "notes.txt").read_text() == "mine"
 
@@ -349,7 +343,7 @@ def test_export_memorized_beyond_the_dataset(tmp_path: Path, capsys) -> None:
     np.zeros((10, 2049), dtype=np.uint16).tofile(data)
     run = write_run(tmp_path, "run", model="EleutherAI/pythia-70m", step=143_000, start=0,
                     stop=20, memorized=[15])
-    err = error_of(["export-memorized", str(run), "-o", str(tmp_path / "m.parquet"), "--data",
-                    str(data), "--seq-len", "2049"], capsys)
+    err = cli_error(capsys, ["export-memorized", str(run), "-o", str(tmp_path / "m.parquet"),
+                             "--data", str(data), "--seq-len", "2049"])
     assert "has 10 sequences" in err and "memorized index 15" in err
     assert list(tmp_path.glob("*m.parquet*")) == []
