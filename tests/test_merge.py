@@ -96,11 +96,47 @@ def test_conflicting_duplicates_are_an_error(capsys, tmp_path, run):
     rows = shard_rows(run)
     fp = parse_shard_name(shard_at(run, 0).name)[0]
     overlap = rows.iloc[25:75].copy()
-    overlap.loc[overlap["index"] == 60, "matches"] += 1
+    overlap.loc[overlap["index"] == 60, "matches"] += 1  # a sound file that disagrees
+    overlap["score"] = overlap["matches"] / 32
     overlap.to_csv(run / shard_name(fp, 25, 75), index=False)
     err = cli_error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.csv")])
     assert "conflicting duplicate: index 60 has matches" in err
     assert not (tmp_path / "m.csv").exists()
+
+
+def damage(path: Path, how: str) -> None:
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if how == "truncated":  # a write cut short mid-line
+        path.write_text(text[:len(text) // 2])
+    elif how == "row removed":  # an edit
+        path.write_text("".join(lines[:10] + lines[11:]))
+    else:  # bit rot: one bit of a row's score flips ("0.03125" -> "0.03135", say)
+        row = lines[20].split(",")
+        score = row[1]
+        at = next(i for i in range(len(score) - 1, -1, -1) if score[i].isdigit())
+        row[1] = score[:at] + chr(ord(score[at]) ^ 1) + score[at + 1:]
+        path.write_text("".join(lines[:20] + [",".join(row)] + lines[21:]))
+
+
+@pytest.mark.parametrize("how", ["truncated", "row removed", "bit rot"])
+def test_a_damaged_score_file_is_named_with_its_fix_and_resume_scores_it_again(
+        capsys, tmp_path, run, how):
+    expected = shard_rows(run)
+    victim = shard_at(run, 100)
+    damage(victim, how)
+    err = cli_error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.parquet")])
+    assert f"score file {victim.name}" in err
+    assert not (tmp_path / "m.parquet").exists()
+    command = shlex.split(err.split("regenerate it with: ")[1])
+    assert command[:2] == ["vmem", "evaluate"]
+    assert main(command[1:] + ["--no-progress"]) == 0  # resuming finds and redoes it
+    warning = capsys.readouterr().err
+    assert f"warning: score file {victim.name}" in warning and "[100, 150) again" in warning
+    assert "scored 50 sequences" in warning
+    merge_run(str(run), str(tmp_path / "m.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), expected,
+                                  check_dtype=False)
 
 
 def test_shards_of_other_settings_are_refused(capsys, tmp_path, run, hf_engine, tiny_model_dir,

@@ -26,7 +26,7 @@ import pandas as pd
 from vmem import minicorpus, minisuite
 from vmem.data import open_dataset
 from vmem.document import Document
-from vmem.engine import EngineConfig
+from vmem.engine import EngineConfig, choose_engine
 from vmem.errors import VmemError
 from vmem.evaluate import Evaluation, evaluate
 from vmem.merge import merge_run
@@ -47,19 +47,13 @@ class DemoConfig:
 CORPUS = minicorpus.CorpusConfig(chars=360_000, codec_share=0.3, head_chars=3000, vocab=2048,
                                  seq_len=65, epochs=3, shards=4)
 DEFAULT = DemoConfig(CORPUS, ("0.2m", "1m", "4m"), batch_size=16, checkpoints=(2 / 3, 1.0))
-# --quick: the default suite without its largest size, on the same data (so the same weights).
+# --quick: the default suite without its largest size, on the same data (so the same weights),
+# evaluated the same way.
 QUICK = DemoConfig(CORPUS, ("0.2m", "1m"), batch_size=16, checkpoints=(2 / 3, 1.0))
-# A vLLM CPU engine reserves this share of RAM for its KV cache (~1 GB of 24 GB); the demo's
-# models and prompts need far less, and it keeps the demo within a few GB.
-MEMORY_SHARE = 0.04
 
 
 def demo_command(args) -> int:
-    config = QUICK if args.quick else DEFAULT
-    # Engine start-up dominates on CPU (tens of seconds per vLLM engine), so --quick uses the
-    # transformers engine unless told otherwise; the default demo uses vLLM like real runs.
-    engine = args.engine or ("hf" if args.quick else "vllm")
-    run_demo(config, Path(args.out), engine)
+    run_demo(QUICK if args.quick else DEFAULT, Path(args.out), args.engine)
     return 0
 
 
@@ -87,8 +81,8 @@ def run_demo(config: DemoConfig, out: Path, engine: str) -> None:
                                   steps=steps, checkpoints=checkpoints, seed=config.corpus.seed)
     minisuite.train_suite(list(config.sizes), training, out / "models")
 
-    stage(3, f"evaluate: each checkpoint on the sequences it has seen ({engine} engine)")
-    if engine == "hf":
+    stage(3, "evaluate: each checkpoint on the sequences it has seen")
+    if choose_engine(engine).value == "hf":
         import torch
 
         # Tiny models: a second thread saves little, and on a busy machine a descheduled
@@ -146,8 +140,8 @@ def evaluate_checkpoint(out: Path, data: str, size: str, step: int, batch_size: 
         return
     model = minisuite.checkpoint_dir(out / "models", size, step)
     ev = Evaluation(
-        engine=EngineConfig(str(model), engine=engine, dtype="float32",
-                            memory_share=MEMORY_SHARE, enforce_eager=True),
+        # vmem evaluate's defaults; compiling (vLLM) would cost more than these tiny models run.
+        engine=EngineConfig(str(model), engine=engine, enforce_eager=True),
         data=data, out=str(out / "runs" / name), checkpoint=step, batch_size=batch_size,
         chunk_size=1024)
     evaluate(ev)

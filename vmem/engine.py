@@ -1,4 +1,4 @@
-"""Greedy continuation engines: vLLM (the default) and transformers (`hf`), one contract.
+"""Greedy continuation engines: vLLM and transformers (`hf`), one contract; `auto` picks one.
 
 `generate(prompts, cont_len, allow_eos)` takes an int64 array (n, prompt_len) and returns the
 greedy continuation, int64 (n, cont_len); one engine serves any cont_len and EOS mode. Paper
@@ -10,21 +10,27 @@ continuation (sum over its tokens).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vmem import hardware
 from vmem.errors import VmemError
+
+GiB = 1 << 30
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     model: str
     revision: str | None = None
-    engine: str = "vllm"  # "vllm" | "hf"
+    engine: str = "auto"  # "auto" | "vllm" | "hf"
     dtype: str = "auto"  # "auto" | "float16" | "bfloat16" | "float32"
     tp: int = 1
     max_num_seqs: int | None = None
@@ -33,19 +39,51 @@ class EngineConfig:
     enforce_eager: bool = False
     download_dir: str | None = None
     seed: int = 0
+    # The longest sequence a call holds: prompt + continuation, + 1 for the log-prob pass.
+    max_len: int = 65
 
 
-def on_gpu() -> bool:
-    import torch
+@dataclass(frozen=True)
+class Choice:
+    """A setting as resolved from `auto` (or as given), and why, in words for the log."""
 
-    return torch.cuda.is_available()
+    value: str
+    reason: str
 
 
-def resolve_dtype(dtype: str) -> str:
-    """`auto` is float16 on GPU (as the paper ran) and bfloat16 on CPU (fast there with AMX)."""
+def choose_dtype(dtype: str) -> Choice:
+    """`auto`: float16 on GPU (the paper's dtype); on CPU bfloat16 only where the CPU computes it
+    in hardware, float32 elsewhere (emulated bfloat16 ran 150x slower than float32 on AVX2)."""
     if dtype != "auto":
-        return dtype
-    return "float16" if on_gpu() else "bfloat16"
+        return Choice(dtype, "--dtype")
+    if hardware.on_gpu():
+        return Choice("float16", "GPU: the paper's dtype")
+    kind = hardware.cpu_kind()
+    if hardware.native_bf16():
+        return Choice("bfloat16", f"{kind} CPU computes bfloat16 natively")
+    return Choice("float32", f"{kind} CPU has no native bfloat16")
+
+
+def choose_engine(engine: str) -> Choice:
+    """`auto`: vLLM where a GPU is visible. On a CPU-only machine transformers: it starts in
+    seconds where vLLM's CPU build takes 20-100 s (torch.compile), and it scored as many or more
+    sequences per second on every CPU measured (bench/RESULTS.md): vLLM's CPU worker keeps a core
+    for its scheduler, and 64-token windows leave its paged KV cache little to win."""
+    if engine != "auto":
+        return Choice(engine, "--engine")
+    if not hardware.on_gpu():
+        return Choice("hf", "no GPU: transformers starts in seconds and is as fast as vLLM's CPU "
+                            "build there")
+    if importlib.util.find_spec("vllm") is None:
+        return Choice("hf", "GPU, but vLLM is not installed (pip install 'vmem[gpu]')")
+    return Choice("vllm", "GPU visible")
+
+
+def resolve(cfg: EngineConfig) -> tuple[EngineConfig, dict[str, str]]:
+    """`cfg` with engine and dtype resolved, and the reason for each."""
+    engine, dtype = choose_engine(cfg.engine), choose_dtype(cfg.dtype)
+    resolved = dataclasses.replace(cfg, engine=engine.value, dtype=dtype.value)
+    return resolved, {"engine": engine.reason, "dtype": dtype.reason}
 
 
 def load_model_config(model: str, revision: str | None, download_dir: str | None = None):
@@ -83,9 +121,10 @@ def check_tensor_parallel(tp: int) -> None:
 
 
 def preflight(cfg: EngineConfig):
-    """The cheap checks (device count, model found) before anything is started or written."""
+    """The cheap checks (device count, model found) before anything is started or written;
+    `cfg` as resolved by `resolve`. Returns the model's config."""
     if cfg.engine not in ("vllm", "hf"):
-        raise VmemError(f"--engine {cfg.engine}: expected vllm or hf")
+        raise VmemError(f"--engine {cfg.engine}: expected auto, vllm or hf")
     if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise VmemError("--engine vllm: vLLM is not installed (pip install 'vmem[cpu]' or "
                         "'vmem[gpu]'); or use --engine hf")
@@ -93,42 +132,101 @@ def preflight(cfg: EngineConfig):
     return load_model_config(cfg.model, cfg.revision, cfg.download_dir)
 
 
-def build_engine(cfg: EngineConfig):
-    model_config = preflight(cfg)
+def build_engine(cfg: EngineConfig, model_config=None):
+    """The engine `cfg` names (resolved here if it still says `auto`)."""
+    cfg, _ = resolve(cfg)
+    model_config = model_config or preflight(cfg)
     if cfg.engine == "vllm":
-        return VllmEngine(cfg, eos_token_id(model_config))
+        return VllmEngine(cfg, model_config)
     return HfEngine(cfg, eos_token_id(model_config))
+
+
+# -- vLLM's KV cache on CPU, sized from the work ----------------------------------------------
+CPU_BLOCK_TOKENS = 128  # vLLM's CPU backend allocates the KV cache in blocks of 128 tokens
+CPU_MAX_NUM_SEQS = 256  # vLLM's default for its LLM class on CPU
+KV_MARGIN = 1.25  # scheduling slack over the exact blocks the sequences in flight hold
+NODE_RESERVE = 0.10  # share of the node's free memory left to activations and the runtime
+
+
+def kv_bytes_per_token(model_config, dtype: str) -> int:
+    """Keys and values of every layer for one token."""
+    heads = model_config.num_attention_heads
+    kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
+    head_size = model_config.hidden_size // heads
+    return 2 * model_config.num_hidden_layers * kv_heads * head_size * ITEMSIZE[dtype]
+
+
+def weight_bytes(model_config, dtype: str) -> int:
+    """The model's weights in `dtype`: embedding and output head, and per layer attention
+    (4 h^2) and MLP (2 h x intermediate); biases and norms are noise."""
+    h, layers = model_config.hidden_size, model_config.num_hidden_layers
+    intermediate = getattr(model_config, "intermediate_size", None) or 4 * h
+    per_layer = 4 * h * h + 2 * h * intermediate
+    return (2 * model_config.vocab_size * h + layers * per_layer) * ITEMSIZE[dtype]
+
+
+@dataclass(frozen=True)
+class KvCachePlan:
+    bytes: int
+    max_num_seqs: int
+
+
+def plan_cpu_kv_cache(model_config, dtype: str, max_len: int, max_num_seqs: int | None,
+                      node_available: int, node: int = 0) -> KvCachePlan:
+    """KV cache for the sequences in flight (max_num_seqs, each max_len tokens rounded up to
+    whole blocks) with a margin, capped below what the worker's NUMA node can give once the
+    weights are loaded; fewer sequences in flight where the node is small."""
+    seqs = max_num_seqs or CPU_MAX_NUM_SEQS
+    per_seq = math.ceil(max_len / CPU_BLOCK_TOKENS) * CPU_BLOCK_TOKENS * kv_bytes_per_token(
+        model_config, dtype)
+    weights = weight_bytes(model_config, dtype)
+    budget = int(node_available * (1 - NODE_RESERVE)) - weights
+    fit = int(budget / (per_seq * KV_MARGIN)) if budget > 0 else 0
+    if fit < 1:
+        raise VmemError(
+            f"vLLM's KV cache for one sequence ({per_seq * KV_MARGIN / 2**20:.0f} MiB) and the "
+            f"model's weights ({weights / GiB:.2f} GiB, {dtype}) do not fit in the "
+            f"{node_available / GiB:.2f} GiB free on NUMA node {node}; free memory there, "
+            f"or use --engine hf")
+    seqs = min(seqs, fit)
+    return KvCachePlan(bytes=math.ceil(seqs * per_seq * KV_MARGIN), max_num_seqs=seqs)
 
 
 class VllmEngine:
     """vLLM on token ids: no tokenizer, greedy, exactly cont_len new tokens per prompt."""
 
-    def __init__(self, cfg: EngineConfig, eos: int):
+    def __init__(self, cfg: EngineConfig, model_config):
         import vllm
+        from huggingface_hub.utils import are_progress_bars_disabled
         from vllm import SamplingParams
 
-        self.cfg, self.eos, self.dtype = cfg, eos, resolve_dtype(cfg.dtype)
-        gpu = on_gpu()
-        # On the CPU build the memory share is of RAM: vLLM's GPU default (0.9+) cannot be had.
-        memory_share = cfg.memory_share or (0.9 if gpu else 0.3)
+        self.cfg, self.eos, self.dtype = cfg, eos_token_id(model_config), cfg.dtype
         options = dict(
             model=cfg.model,
             revision=cfg.revision,
             skip_tokenizer_init=True,
             dtype=self.dtype,
             tensor_parallel_size=cfg.tp,
-            gpu_memory_utilization=memory_share,
             enforce_eager=cfg.enforce_eager,
             download_dir=cfg.download_dir,
             seed=cfg.seed,
             # Prompts are distinct training sequences: a prefix cache would only cost memory.
             enable_prefix_caching=False,
-            max_model_len=None,
+            max_model_len=cfg.max_len,
+            max_num_seqs=cfg.max_num_seqs,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            use_tqdm_on_load=not are_progress_bars_disabled(),
         )
-        if cfg.max_num_seqs:
-            options["max_num_seqs"] = cfg.max_num_seqs
-        if cfg.max_num_batched_tokens:
-            options["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+        if hardware.on_gpu():
+            options["gpu_memory_utilization"] = cfg.memory_share or 0.9
+        elif cfg.memory_share:  # on the CPU build, a share of the NUMA node's RAM
+            options["gpu_memory_utilization"] = cfg.memory_share
+        else:
+            node = hardware.worker_numa_node()
+            plan = plan_cpu_kv_cache(model_config, self.dtype, cfg.max_len, cfg.max_num_seqs,
+                                     hardware.numa_available_bytes(node), node)
+            options["kv_cache_memory_bytes"] = plan.bytes
+            options["max_num_seqs"] = plan.max_num_seqs
         options = {k: v for k, v in options.items() if v is not None}
         try:
             self.llm = vllm.LLM(**options)
@@ -193,15 +291,18 @@ class HfEngine:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # vmem shows its own progress
-        self.cfg, self.eos, self.dtype = cfg, eos, resolve_dtype(cfg.dtype)
-        self.device = "cuda" if on_gpu() else "cpu"
+        self.cfg, self.eos, self.dtype = cfg, eos, cfg.dtype
+        self.device = "cuda" if hardware.on_gpu() else "cpu"
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
                 cfg.model, revision=cfg.revision, cache_dir=cfg.download_dir,
                 dtype=getattr(torch, self.dtype),
+                # On CPU, torch's fused attention kernel is slow for one query against a short
+                # cache: plain matmul + softmax made decoding 1.3x faster (pythia-70m, bf16).
+                attn_implementation="eager" if self.device == "cpu" else "sdpa",
             ).to(self.device).eval()
-        except (OSError, ValueError) as err:
-            reason = str(err).strip().splitlines()[0]
+        except Exception as err:  # OSError, ValueError, SafetensorError...: the user needs one line
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise VmemError(f"model '{cfg.model}' cannot be loaded: {reason}") from None
         # Rows per forward pass: large enough to keep the matmuls busy, small enough for memory.
         self.rows_per_pass = 256 if self.device == "cpu" else 1024
@@ -216,13 +317,15 @@ class HfEngine:
 
         with torch.inference_mode():
             ids = torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.int64)).to(self.device)
-            out = self.model(input_ids=ids, use_cache=True)
+            # Only the last prompt position's logits are needed: the output head over all of
+            # them would be a third of the work for small models.
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
             cache, steps = out.past_key_values, []
             logits = out.logits[:, -1, :]
             for step in range(cont_len):
                 if not allow_eos:
                     logits[:, self.eos] = -float("inf")
-                token = logits.argmax(dim=-1, keepdim=True)
+                token = logits.float().argmax(dim=-1, keepdim=True)  # bf16 argmax: 3x slower
                 steps.append(token)
                 if step + 1 < cont_len:
                     out = self.model(input_ids=token, past_key_values=cache, use_cache=True)

@@ -7,6 +7,7 @@ any moment and started again with the same command does only what is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ import numpy as np
 import vmem
 from vmem import pythia
 from vmem.data import check_window, iter_batches, open_dataset, resolve_range
-from vmem.engine import EngineConfig, build_engine, preflight, resolve_dtype
+from vmem.engine import EngineConfig, build_engine, preflight, resolve
 from vmem.errors import VmemError
 from vmem.results import RunFolder, fingerprint, gaps, shard_csv
 from vmem.scoring import score_batch
@@ -94,28 +95,36 @@ def evaluate(ev: Evaluation, engine=None) -> dict:
     start, stop = resolve_range(dataset, ev.start, ev.stop, checkpoint=ev.checkpoint,
                                 batch_size=ev.batch_size)
     check_window(dataset, ev.prompt_len, ev.cont_len, ev.offset)  # before an engine starts
-    if engine is None:
-        preflight(ev.engine)
-    manifest = build_manifest(ev, dataset, start, stop)
-    fp = manifest["fingerprint"]
+    config, reasons = resolve(dataclasses.replace(
+        ev.engine, max_len=ev.prompt_len + ev.cont_len + 1))
+    model_config = preflight(config)
+    manifest = build_manifest(ev, config, reasons, dataset, start, stop)
+    fp, settings = manifest["fingerprint"], manifest["settings"]
     folder = RunFolder(ev.out, staging_dir=ev.staging_dir, s3_endpoint=ev.s3_endpoint)
-    folder.claim(manifest)
+    folder.check_claim(manifest)
 
     task_id, num_tasks = task_from_env(ev.task_id, ev.num_tasks)
     lo, hi = task_slice(start, stop, task_id, num_tasks)
     if ev.data_parallel > 1 and ev.dp_rank is None:
+        folder.claim(manifest)
         return run_data_parallel(ev)
     if ev.dp_rank is not None:
         lo, hi = task_slice(lo, hi, ev.dp_rank, ev.data_parallel)
-    # Finished means covered by shards (a marker alone could outlive a deleted shard).
-    todo = gaps(lo, hi, folder.done_ranges(fp))
+    # Finished means covered by sound score files (a marker alone could outlive a deleted one).
+    todo = gaps(lo, hi, folder.done_ranges(fp, settings, within=(lo, hi)))
     if not todo and folder.task_finished(lo, hi):
         print(f"vmem: [{lo}, {hi}) of {ev.out} is already finished", file=sys.stderr)
         return {"start": lo, "stop": hi, "already_finished": True}
     remaining = sum(b - a for a, b in todo)
     started = time.time()
     if engine is None and remaining:
-        engine = build_engine(ev.engine)
+        chosen = [f"{name} {getattr(config, name)} ({reason})"
+                  for name, reason in reasons.items() if getattr(ev.engine, name) == "auto"]
+        if chosen:
+            print(f"vmem: {'; '.join(chosen)}", file=sys.stderr)
+        engine = build_engine(config, model_config)
+    # The manifest only once the engine runs: a model that fails to load leaves OUT untouched.
+    folder.claim(manifest)
     ready = time.time()
     engine_seconds, scored, memorized = 0.0, 0, 0
     bar = _progress(ev, hi - lo, hi - lo - remaining)
@@ -156,12 +165,13 @@ def evaluate(ev: Evaluation, engine=None) -> dict:
     return stats
 
 
-def build_manifest(ev: Evaluation, dataset, start: int, stop: int) -> dict:
+def build_manifest(ev: Evaluation, config: EngineConfig, reasons: dict, dataset, start: int,
+                   stop: int) -> dict:
     data_location = dataset.location if ev.data.startswith("s3://") else os.path.abspath(
         dataset.location)
     settings = {
         "model": ev.engine.model, "revision": ev.engine.revision,
-        "dtype": resolve_dtype(ev.engine.dtype), "engine": ev.engine.engine,
+        "dtype": config.dtype, "engine": config.engine,
         "prompt_len": ev.prompt_len, "cont_len": ev.cont_len, "offset": ev.offset,
         "eos_mode": "allow" if ev.allow_eos else "paper", "logprobs": ev.logprobs,
         "data": {"location": data_location, "layout": dataset.layout,
@@ -174,7 +184,8 @@ def build_manifest(ev: Evaluation, dataset, start: int, stop: int) -> dict:
         "vmem_version": vmem.__version__,
         "settings": settings,
         "fingerprint": fingerprint(settings),
-        "engine_info": _engine_versions(ev.engine.engine),
+        "engine_info": _engine_versions(config.engine),
+        "choices": reasons,
         "step": ev.checkpoint if ev.checkpoint is not None
         else pythia.step_of_revision(ev.engine.revision),
         "params": ev.params or (size.params if size else _local_param_count(ev.engine.model)),
@@ -203,7 +214,11 @@ def _local_param_count(model: str) -> int | None:
     total = 0
     for path in sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []:
         with open(path, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            try:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            except (ValueError, MemoryError):
+                raise VmemError(f"model '{model}' cannot be loaded: {path.name} is damaged "
+                                f"(its safetensors header does not parse)") from None
         total += sum(int(np.prod(t["shape"])) for k, t in header.items() if k != "__metadata__")
     return total or None
 

@@ -24,7 +24,17 @@ import pyarrow.parquet as pq
 from vmem import s3
 from vmem.errors import VmemError
 from vmem.mmidx import atomic_path
-from vmem.results import MANIFEST, TASKS, columns_for, gaps, merge_ranges, parse_shard_name
+from vmem.results import (
+    COLUMN_TYPES,
+    MANIFEST,
+    TASKS,
+    DamagedScoreFile,
+    columns_for,
+    gaps,
+    merge_ranges,
+    parse_shard_name,
+    read_score_file,
+)
 from vmem.runs import manifest_beside
 
 
@@ -41,12 +51,12 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
         manifest = _read_manifest(folder, run)
         settings, fp = manifest["settings"], manifest["fingerprint"]
         shards = _shards(folder, run, fp, settings)
-        table = _load(shards, settings)
+        table = _load(run, shards, settings)
         missing = gaps(settings["start"], settings["stop"],
                        merge_ranges([(a, b) for a, b, _ in shards]))
         if missing:
             _report_missing(run, missing, settings)
-        _write(shards, settings, output, kind)
+        _write(run, shards, settings, output, kind)
     merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"],
                   timing=_timing(folder))
     with atomic_path(manifest_beside(output)) as tmp, open(tmp, "w") as f:
@@ -118,21 +128,18 @@ def _shards(folder: Path, run: str, fp: str, settings: dict) -> list[tuple[int, 
     return sorted(shards, key=lambda s: (s[0], s[1]))
 
 
-def _read_shard(path: Path, a: int, b: int, columns: list[str]) -> pa.Table:
-    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-        column_types={"index": pa.int64(), "matches": pa.int64(), "prefix_match": pa.int64(),
-                      "score": pa.float64(), "cont_logprob": pa.float64()},
-        include_columns=columns))
-    index = table["index"].to_numpy()
-    if len(index) != b - a or (len(index) and (index[0] != a or np.any(np.diff(index) != 1))):
-        raise VmemError(f"{path}: rows do not cover [{a}, {b}) in order (damaged shard)")
-    return table
+def _read_shard(run: str, path: Path, a: int, b: int, settings: dict) -> pa.Table:
+    try:
+        return read_score_file(path, path.name, a, b, settings)
+    except DamagedScoreFile as err:
+        # Resuming the run re-checks every score file and scores a damaged one's rows again.
+        raise VmemError(f"{run}: {err}; regenerate it with: "
+                        f"{fill_command(run, settings)}") from None
 
 
-def _load(shards: list[tuple[int, int, Path]], settings: dict) -> dict[str, np.ndarray]:
+def _load(run: str, shards: list[tuple[int, int, Path]], settings: dict) -> dict[str, np.ndarray]:
     """Index-aligned arrays of the whole range; a duplicate must equal what came first."""
     start, stop = settings["start"], settings["stop"]
-    columns = columns_for(settings["logprobs"])
     n = stop - start
     arrays = {"seen": np.zeros(n, np.bool_), "matches": np.zeros(n, np.uint8),
               "prefix_match": np.zeros(n, np.uint8)}
@@ -140,7 +147,7 @@ def _load(shards: list[tuple[int, int, Path]], settings: dict) -> dict[str, np.n
         arrays["cont_logprob"] = np.zeros(n, np.float32)
     duplicates = 0
     for a, b, path in shards:
-        table = _read_shard(path, a, b, columns)
+        table = _read_shard(run, path, a, b, settings)
         window = slice(a - start, b - start)
         seen = arrays["seen"][window]
         for name in ("matches", "prefix_match", "cont_logprob"):
@@ -192,12 +199,11 @@ def fill_command(run: str, settings: dict) -> str:
     return shlex.join(cmd)
 
 
-def _write(shards: list[tuple[int, int, Path]], settings: dict, output: str, kind: str) -> None:
+def _write(run: str, shards: list[tuple[int, int, Path]], settings: dict, output: str,
+           kind: str) -> None:
     """Stream shards in order; each index is written once (the first copy, equal to the rest)."""
     columns = columns_for(settings["logprobs"])
-    schema = pa.schema([("index", pa.int64()), ("score", pa.float64()), ("matches", pa.int64()),
-                        ("prefix_match", pa.int64())]
-                       + ([("cont_logprob", pa.float64())] if settings["logprobs"] else []))
+    schema = pa.schema([(c, COLUMN_TYPES[c]) for c in columns])
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     written = settings["start"]
     with atomic_path(output) as tmp:
@@ -207,6 +213,6 @@ def _write(shards: list[tuple[int, int, Path]], settings: dict, output: str, kin
             for a, b, path in shards:
                 if b <= written:
                     continue
-                table = _read_shard(path, a, b, columns).select(columns).cast(schema)
+                table = _read_shard(run, path, a, b, settings).select(columns).cast(schema)
                 writer.write_table(table.slice(max(written - a, 0)))
                 written = b

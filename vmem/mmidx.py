@@ -8,7 +8,9 @@ is a plain N x seq_len matrix and sequence i starts at byte i * seq_len * itemsi
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import struct
 import uuid
 from collections.abc import Callable, Iterator
@@ -129,7 +131,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary name beside `path`; on success fsync it and rename it to `path`.
 
     A reader (or a crash) therefore sees the whole file or none of it; on error the temporary
-    file is removed.
+    file is removed, and a full disk is one VmemError naming the file and the space left.
     """
     path = os.fspath(path)
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
@@ -141,10 +143,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _disk_full(err):
+            free = shutil.disk_usage(os.path.dirname(path) or ".").free
+            raise VmemError(f"{path}: no space left on its disk ({free / 2**20:.1f} MiB free); "
+                            f"nothing was written") from None
         raise
+
+
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also as pyarrow reports it (an OSError whose text carries the errno)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(err, OSError) and "No space left on device" in str(err)
 
 
 def _checked_rows(rows: np.ndarray) -> np.ndarray:

@@ -16,10 +16,13 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from vmem import s3
 from vmem.errors import VmemError
@@ -52,6 +55,46 @@ def task_marker_name(start: int, stop: int) -> str:
 
 def columns_for(logprobs: bool) -> list[str]:
     return ["index", "score", "matches", "prefix_match"] + (["cont_logprob"] if logprobs else [])
+
+
+COLUMN_TYPES = {"index": pa.int64(), "score": pa.float64(), "matches": pa.int64(),
+                "prefix_match": pa.int64(), "cont_logprob": pa.float64()}
+
+
+class DamagedScoreFile(VmemError):
+    """A score file that does not parse or does not hold exactly the rows its name claims."""
+
+
+def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, stop: int,
+                    settings: dict) -> pa.Table:
+    """The score file's rows, checked: the run's columns, indices exactly [start, stop) in order,
+    matches within 0..cont_len, prefix_match <= matches and score = matches / cont_len."""
+    columns, cont_len = columns_for(settings["logprobs"]), settings["cont_len"]
+    raw = pa.BufferReader(source) if isinstance(source, bytes) else source
+    try:
+        table = pacsv.read_csv(raw, convert_options=pacsv.ConvertOptions(
+            column_types={c: COLUMN_TYPES[c] for c in columns}))
+    except (pa.ArrowInvalid, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DamagedScoreFile(f"score file {name} does not parse ({reason})") from None
+    if table.column_names != columns:
+        raise DamagedScoreFile(f"score file {name} has columns {table.column_names}, expected "
+                               f"{columns}")
+    index = table["index"].to_numpy()
+    if len(index) != stop - start or (len(index) and (
+            index[0] != start or np.any(np.diff(index) != 1))):
+        raise DamagedScoreFile(f"score file {name} does not hold exactly the rows [{start}, "
+                               f"{stop}) its name claims ({len(index)} rows)")
+    if any(column.null_count for column in table.columns):
+        raise DamagedScoreFile(f"score file {name} has empty cells")
+    matches, prefix = table["matches"].to_numpy(), table["prefix_match"].to_numpy()
+    if (np.any(matches < 0) or np.any(matches > cont_len) or np.any(prefix < 0)
+            or np.any(prefix > matches)
+            or not np.array_equal(table["score"].to_numpy(), matches / cont_len)):
+        raise DamagedScoreFile(f"score file {name} holds values no scoring gives (matches "
+                               f"outside 0..{cont_len}, prefix_match > matches or score != "
+                               f"matches/{cont_len})")
+    return table
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -110,7 +153,8 @@ def gaps(start: int, stop: int, done: list[tuple[int, int]]) -> list[tuple[int, 
 
 
 class RunFolder:
-    """OUT on local disk, or s3://bucket/prefix through a local staging folder."""
+    """OUT on local disk, or s3://bucket/prefix through a local staging folder. Nothing is
+    created in OUT before the first file is written into it."""
 
     def __init__(self, out: str, *, staging_dir: str | None = None, s3_endpoint: str | None = None):
         self.out = out
@@ -124,17 +168,21 @@ class RunFolder:
             self.local = Path(staging_dir)
         else:
             self.local = Path(out)
-        try:
-            (self.local / TASKS).mkdir(parents=True, exist_ok=True)
-            probe = self.local / f".write-probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise VmemError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """Fail now, not after an engine start, where OUT (or the folder it would be made in)
+        cannot be written."""
+        where = self.local
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+            raise VmemError(f"--out {self.out}: cannot write there ({where} is not a writable "
+                            f"folder)")
 
     # -- manifest -----------------------------------------------------------------------------
-    def claim(self, manifest: dict) -> None:
-        """Write the manifest, or check that the one already there describes the same run."""
+    def check_claim(self, manifest: dict) -> None:
+        """Refuse a folder that holds another run; writes nothing."""
         existing = self._read_json(MANIFEST)
         if existing is not None:
             diff = first_difference(existing.get("settings", {}), manifest["settings"])
@@ -145,15 +193,37 @@ class RunFolder:
         foreign = {p[0] for p in map(parse_shard_name, self._names()) if p}
         foreign.discard(manifest["fingerprint"])
         if foreign:
-            raise VmemError(f"--out {self.out} holds score shards of another run (fingerprint "
+            raise VmemError(f"--out {self.out} holds score files of another run (fingerprint "
                             f"{sorted(foreign)[0]}) but no manifest; use another --out")
-        self._put(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
-    # -- shards -------------------------------------------------------------------------------
-    def done_ranges(self, fp: str) -> list[tuple[int, int]]:
+    def claim(self, manifest: dict) -> None:
+        """Write the manifest, or check that the one already there describes the same run."""
+        self.check_claim(manifest)
+        if self._read_json(MANIFEST) is None:
+            self._put(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+    # -- score files --------------------------------------------------------------------------
+    def done_ranges(self, fp: str, settings: dict,
+                    within: tuple[int, int]) -> list[tuple[int, int]]:
+        """The ranges that sound score files cover. Those overlapping `within` are read and
+        checked; a damaged one is removed (with a warning) so that its rows are scored again."""
         self._upload_pending()
-        parsed = [p for p in map(parse_shard_name, self._names()) if p and p[0] == fp]
-        return merge_ranges([(a, b) for _, a, b in parsed])
+        done = []
+        for name in sorted(self._names()):
+            parsed = parse_shard_name(name)
+            if not parsed or parsed[0] != fp:
+                continue
+            _, a, b = parsed
+            if a < within[1] and b > within[0]:
+                try:
+                    read_score_file(self._read_bytes(name), name, a, b, settings)
+                except DamagedScoreFile as err:
+                    print(f"vmem: warning: {err}; removing it to score [{a}, {b}) again",
+                          file=sys.stderr)
+                    self._delete(name)
+                    continue
+            done.append((a, b))
+        return merge_ranges(done)
 
     def write_shard(self, fp: str, start: int, stop: int, data: bytes) -> None:
         self._put(shard_name(fp, start, stop), data)
@@ -173,6 +243,19 @@ class RunFolder:
             bucket, prefix = self.remote
             s3.upload_file(self.client, str(self.local / name), bucket, prefix + name)
 
+    def _read_bytes(self, name: str) -> bytes:
+        path = self.local / name
+        if path.exists():
+            return path.read_bytes()
+        bucket, prefix = self.remote
+        return s3.get_bytes(self.client, bucket, prefix + name)
+
+    def _delete(self, name: str) -> None:
+        (self.local / name).unlink(missing_ok=True)
+        if self.remote and name in self._remote_names():
+            bucket, prefix = self.remote
+            s3.delete_key(self.client, bucket, prefix + name)
+
     def _read_json(self, name: str) -> dict | None:
         path = self.local / name
         if path.exists():
@@ -186,6 +269,8 @@ class RunFolder:
         return None
 
     def _local_names(self) -> set[str]:
+        if not self.local.is_dir():
+            return set()
         return {p.name for p in self.local.iterdir() if p.is_file()}
 
     def _remote_names(self) -> set[str]:
@@ -198,7 +283,8 @@ class RunFolder:
         return self._local_names() | self._remote_names()
 
     def _upload_pending(self) -> None:
-        """Shards staged locally whose upload failed last time go up now, before anything new."""
+        """Score files staged locally whose upload failed last time go up now, before anything
+        new."""
         if not self.remote:
             return
         bucket, prefix = self.remote

@@ -184,3 +184,7 @@ def download_file(client, bucket: str, key: str, path: str | os.PathLike) -> Non
                 f.write(chunk)
 
     _retrying(s3_url(bucket, key), get)
+
+
+def delete_key(client, bucket: str, key: str) -> None:
+    _retrying(s3_url(bucket, key), lambda: client.delete_object(Bucket=bucket, Key=key))

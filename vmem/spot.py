@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from vmem.data import check_window, open_dataset
@@ -13,7 +15,8 @@ from vmem.scoring import score_batch
 def spot_command(args) -> int:
     engine = EngineConfig(
         model=args.model, revision=args.revision, engine=args.engine, dtype=args.model_dtype,
-        tp=args.tp, max_num_seqs=args.max_num_seqs, memory_share=args.memory_share,
+        tp=args.tp, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, memory_share=args.memory_share,
         enforce_eager=args.enforce_eager, download_dir=args.download_dir, seed=args.seed,
     )
     dataset = open_dataset(args.data, seq_len=args.seq_len, dtype=args.data_dtype,
@@ -36,7 +39,7 @@ def spot(dataset, indices: list[int], engine_config: EngineConfig, *, prompt_len
     rows = np.stack([dataset.read(i, i + 1)[0] for i in indices]).astype(np.int64)
     prompts = rows[:, offset:offset + prompt_len]
     truth = rows[:, offset + prompt_len:offset + prompt_len + cont_len]
-    engine = build_engine(engine_config)
+    engine = build_engine(dataclasses.replace(engine_config, max_len=prompt_len + cont_len + 1))
     generated = engine.generate(prompts, cont_len, allow_eos)
     matches, prefix = score_batch(generated, truth)
     decode = _decoder(tokenizer or engine_config.model)
