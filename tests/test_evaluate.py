@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.cli import cli_error
 from tests.models import EOS_SEQUENCE, MEMORIZED, NUM_SEQUENCES
-from vmem.cli import main
+from vmem.cli import QUIET_DEFAULTS, main
 from vmem.engine import EngineConfig
 from vmem.evaluate import Evaluation, evaluate
 from vmem.merge import merge_run
@@ -121,7 +121,10 @@ def test_cli_evaluate_with_vllm_writes_shards_manifest_and_resumes(tmp_path, tin
     args = ["evaluate", "--model", tiny_model_dir, "--data", tiny_dataset, "--start", "0",
             "--stop", "300", "--out", str(out), "--engine", "vllm", "--dtype", "float32",
             "--chunk-size", "128", "--no-progress"]
-    proc = subprocess.run(VMEM + args, capture_output=True, text=True, timeout=600)
+    # The child must quiet the libraries itself: in-process CLI calls of earlier tests set the
+    # same variables in this process's environment.
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_DEFAULTS}
+    proc = subprocess.run(VMEM + args, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "memorized 7 (2.3333%)" in proc.stderr
     # vmem's own lines only: vLLM's logs, warnings and loading bars are off without --verbose

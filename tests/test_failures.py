@@ -70,7 +70,8 @@ def test_a_model_that_cannot_be_loaded_leaves_nothing_in_out(capsys, tmp_path, t
     shutil.copytree(tiny_model_dir, broken)
     weights = next(broken.glob("*.safetensors"))
     whole = weights.read_bytes()
-    # Downloads cut short: inside the header, and inside the tensors.
+    # Downloads cut short: inside the header (found while the manifest is prepared, before any
+    # engine), and inside the tensors (found by the engine loading them).
     for cut, out in ((1000, tmp_path / "new-out"), (len(whole) * 4 // 5, tmp_path / "old-out")):
         weights.write_bytes(whole[:cut])
         if out.name.startswith("old"):

@@ -16,6 +16,7 @@ from transformers import GPTNeoXConfig
 
 from tests.models import tiny_config
 from vmem import hardware, pythia
+from vmem.cli import main
 from vmem.engine import (
     CPU_BLOCK_TOKENS,
     CPU_MAX_NUM_SEQS,
@@ -30,7 +31,14 @@ from vmem.engine import (
 )
 from vmem.errors import VmemError
 
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# An AVX2-only CPU machine, with no GPU visible even where the tests run on a GPU node.
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    monkeypatch.setattr(hardware, "on_gpu", lambda: False)
 VMEM = [sys.executable, "-m", "vmem.cli"]
 
 
@@ -54,7 +62,7 @@ def test_avx2_emulation_makes_torch_act_as_an_avx2_cpu():
     ({"avx512f", "amx_bf16", "avx512_bf16"}, "AVX512_CORE_BF16", "AVX512-BF16"),
     ({"avx512f", "amx_bf16", "avx512_bf16"}, "AVX2", "AVX2"),
 ])
-def test_cpu_kind_from_the_flags_and_onednns_cap(monkeypatch, flags, isa_cap, kind):
+def test_cpu_kind_from_the_flags_and_onednns_cap(monkeypatch, cpu_only, flags, isa_cap, kind):
     import torch
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
@@ -79,10 +87,24 @@ def test_on_the_avx2_kind_auto_is_float32_and_transformers():
     assert in_child(code, AVX2_ONLY) == "float32 hf AVX2 CPU has no native bfloat16"
 
 
-def test_forced_settings_are_kept():
+def test_forced_settings_are_kept(cpu_only):
     assert choose_dtype("float16").value == "float16"
     assert choose_engine("vllm").value == "vllm"
-    assert choose_engine("auto").value == ("vllm" if hardware.on_gpu() else "hf")
+    assert choose_engine("auto").value == "hf"
+
+
+def test_auto_keeps_what_the_runs_manifest_records(capsys, tmp_path, tiny_model_dir,
+                                                   tiny_dataset):
+    """Tasks of one run on different machines (or resumed after an upgrade) agree: `auto` takes
+    the manifest's engine and dtype instead of refusing the folder as another run's."""
+    base = ["evaluate", "--model", tiny_model_dir, "--data", tiny_dataset, "--start", "0",
+            "--stop", "32", "--out", str(tmp_path / "run"), "--no-progress", "--num-tasks", "2"]
+    assert main(base + ["--task-id", "0", "--dtype", "bfloat16", "--engine", "hf"]) == 0
+    assert main(base + ["--task-id", "1"]) == 0
+    assert "dtype bfloat16 (as the run's manifest records)" in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert (manifest["settings"]["dtype"], manifest["settings"]["engine"]) == ("bfloat16", "hf")
+    assert len(list((tmp_path / "run" / "tasks").glob("task-*.json"))) == 2
 
 
 def test_evaluate_on_the_avx2_kind_records_its_choices(tmp_path, tiny_model_dir, tiny_dataset):
@@ -148,7 +170,13 @@ def test_kv_cache_is_sized_from_the_work_and_capped_by_the_node(model, node, dty
         assert plan.max_num_seqs < CPU_MAX_NUM_SEQS  # fewer in flight on a small node
 
 
-def test_kv_cache_examples():
+def test_kv_cache_examples(cpu_only):
+    # pythia-70m in bfloat16: 256 sequences x one 128-token block x 12,288 B/token x 1.25.
+    assert plan_cpu_kv_cache(MODELS["pythia-70m"], "bfloat16", 65, None, 24 * GiB).bytes == \
+        503_316_480
+    # On a 0.5 GiB node, what fits beside its 0.14 GB of weights: (0.45 GiB - weights) / 1.97 MB.
+    half = plan_cpu_kv_cache(MODELS["pythia-70m"], "bfloat16", 65, None, GiB // 2)
+    assert half.max_num_seqs == (int(0.9 * GiB // 2) - 140_771_328) // 1_966_080 == 174
     # The demo-size model on the 4 GiB node of an AVX2 EPYC: a few MB, not a share of RAM.
     small = plan_cpu_kv_cache(MODELS["test"], "float32", 65, None, 4 * GiB)
     assert small.max_num_seqs == 256 and small.bytes < 100 * 2**20

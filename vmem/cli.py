@@ -186,18 +186,20 @@ def dispatch(args: argparse.Namespace) -> int:
     return demo.demo_command(args)
 
 
+QUIET_DEFAULTS = {
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # also read by VllmEngine for its loading bar
+    "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's C++ warnings ("NUMA binding: ...")
+    "PYTHONWARNINGS": "ignore",  # the worker processes' FutureWarnings
+}
+
+
 def quiet_libraries() -> None:
     """vmem's own progress and warnings only: the libraries' logs, warnings and progress bars
     are off unless the environment already says otherwise. Environment variables reach vLLM's
     worker processes; this must run before vLLM, transformers or torch is imported."""
-    defaults = {
-        "VLLM_LOGGING_LEVEL": "ERROR",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # also read by VllmEngine for its loading bar
-        "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's C++ warnings ("NUMA binding: ...")
-        "PYTHONWARNINGS": "ignore",  # the worker processes' FutureWarnings
-    }
-    for name, value in defaults.items():
+    for name, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if os.environ["VLLM_LOGGING_LEVEL"] == "ERROR":
         # vLLM warns about Triton while importing, before its own logging is configured.
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
         quiet_libraries()
-    args.argv = [a for a in argv if a != "--verbose"]  # --data-parallel's children reuse it
+    args.argv = argv  # --data-parallel starts children with the same command line
     try:
         return dispatch(args)
     except VmemError as err:

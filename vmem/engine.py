@@ -1,7 +1,8 @@
 """Greedy continuation engines: vLLM and transformers (`hf`), one contract; `auto` picks one.
 
 `generate(prompts, cont_len, allow_eos)` takes an int64 array (n, prompt_len) and returns the
-greedy continuation, int64 (n, cont_len); one engine serves any cont_len and EOS mode. Paper
+greedy continuation, int64 (n, cont_len); one engine serves any EOS mode and any prompt_len +
+cont_len up to `EngineConfig.max_len` - 1. Paper
 mode masks end-of-text for all cont_len steps, as the paper's `min_length=64` did; `allow_eos`
 lets the model emit it and keeps generating to cont_len tokens.
 `continuation_logprobs(prompts, continuations)` is the teacher-forced log-probability of the true
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vmem import hardware
-from vmem.errors import VmemError
+from vmem.errors import VmemError, first_line
 
 GiB = 1 << 30
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -79,11 +80,20 @@ def choose_engine(engine: str) -> Choice:
     return Choice("vllm", "GPU visible")
 
 
-def resolve(cfg: EngineConfig) -> tuple[EngineConfig, dict[str, str]]:
-    """`cfg` with engine and dtype resolved, and the reason for each."""
-    engine, dtype = choose_engine(cfg.engine), choose_dtype(cfg.dtype)
-    resolved = dataclasses.replace(cfg, engine=engine.value, dtype=dtype.value)
-    return resolved, {"engine": engine.reason, "dtype": dtype.reason}
+def resolve(cfg: EngineConfig, recorded: dict | None = None) -> tuple[EngineConfig, dict[str, str]]:
+    """`cfg` with engine and dtype resolved, and the reason for each. An `auto` setting that a
+    run's manifest already records (`recorded`, its settings) keeps that value, so that the
+    tasks of one run agree wherever they run."""
+    recorded = recorded or {}
+    choices = {}
+    for name, choose in (("engine", choose_engine), ("dtype", choose_dtype)):
+        value = getattr(cfg, name)
+        if value == "auto" and name in recorded:
+            choices[name] = Choice(recorded[name], "as the run's manifest records")
+        else:
+            choices[name] = choose(value)
+    resolved = dataclasses.replace(cfg, **{k: c.value for k, c in choices.items()})
+    return resolved, {k: c.reason for k, c in choices.items()}
 
 
 def load_model_config(model: str, revision: str | None, download_dir: str | None = None):
@@ -96,7 +106,7 @@ def load_model_config(model: str, revision: str | None, download_dir: str | None
         return AutoConfig.from_pretrained(model, revision=revision, cache_dir=download_dir)
     except (OSError, ValueError) as err:
         where = f"model '{model}'" + (f" at revision '{revision}'" if revision else "")
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise VmemError(f"{where} cannot be loaded: {reason}") from None
 
 
@@ -231,7 +241,7 @@ class VllmEngine:
         try:
             self.llm = vllm.LLM(**options)
         except Exception as err:  # vLLM raises many types; the user needs one line
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             raise VmemError(f"model '{cfg.model}': vLLM could not start: {reason}") from None
         self.version = vllm.__version__
         self.scoring = SamplingParams(
@@ -302,7 +312,7 @@ class HfEngine:
                 attn_implementation="eager" if self.device == "cpu" else "sdpa",
             ).to(self.device).eval()
         except Exception as err:  # OSError, ValueError, SafetensorError...: the user needs one line
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             raise VmemError(f"model '{cfg.model}' cannot be loaded: {reason}") from None
         # Rows per forward pass: large enough to keep the matmuls busy, small enough for memory.
         self.rows_per_pass = 256 if self.device == "cpu" else 1024

@@ -95,19 +95,18 @@ def evaluate(ev: Evaluation, engine=None) -> dict:
     start, stop = resolve_range(dataset, ev.start, ev.stop, checkpoint=ev.checkpoint,
                                 batch_size=ev.batch_size)
     check_window(dataset, ev.prompt_len, ev.cont_len, ev.offset)  # before an engine starts
+    folder = RunFolder(ev.out, staging_dir=ev.staging_dir, s3_endpoint=ev.s3_endpoint)
     config, reasons = resolve(dataclasses.replace(
-        ev.engine, max_len=ev.prompt_len + ev.cont_len + 1))
+        ev.engine, max_len=ev.prompt_len + ev.cont_len + 1), folder.recorded_settings())
     model_config = preflight(config)
     manifest = build_manifest(ev, config, reasons, dataset, start, stop)
     fp, settings = manifest["fingerprint"], manifest["settings"]
-    folder = RunFolder(ev.out, staging_dir=ev.staging_dir, s3_endpoint=ev.s3_endpoint)
     folder.check_claim(manifest)
 
     task_id, num_tasks = task_from_env(ev.task_id, ev.num_tasks)
     lo, hi = task_slice(start, stop, task_id, num_tasks)
     if ev.data_parallel > 1 and ev.dp_rank is None:
-        folder.claim(manifest)
-        return run_data_parallel(ev)
+        return run_data_parallel(ev)  # each child writes the manifest once its engine runs
     if ev.dp_rank is not None:
         lo, hi = task_slice(lo, hi, ev.dp_rank, ev.data_parallel)
     # Finished means covered by sound score files (a marker alone could outlive a deleted one).

@@ -128,7 +128,8 @@ def index_bytes(num_sequences: int, seq_len: int, dtype: np.dtype) -> bytes:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary name beside `path`; on success fsync it and rename it to `path`.
+    """Yield a temporary name beside `path` (its folder made if need be); on success fsync it and
+    rename it to `path`.
 
     A reader (or a crash) therefore sees the whole file or none of it; on error the temporary
     file is removed, and a full disk is one VmemError naming the file and the space left.
@@ -136,6 +137,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = os.fspath(path)
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from vmem import s3
-from vmem.errors import VmemError
+from vmem.errors import VmemError, first_line
 from vmem.mmidx import atomic_path
 
 SHARD_NAME = re.compile(r"^scores-(?P<fp>[0-9a-f]{10})-(?P<start>\d{12})-(?P<stop>\d{12})\.csv$")
@@ -75,7 +75,7 @@ def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, st
         table = pacsv.read_csv(raw, convert_options=pacsv.ConvertOptions(
             column_types={c: COLUMN_TYPES[c] for c in columns}))
     except (pa.ArrowInvalid, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise DamagedScoreFile(f"score file {name} does not parse ({reason})") from None
     if table.column_names != columns:
         raise DamagedScoreFile(f"score file {name} has columns {table.column_names}, expected "
@@ -99,7 +99,6 @@ def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, st
 
 def write_atomic(path: Path, data: bytes) -> None:
     """The file exists whole or not at all, even after SIGKILL or a power cut."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
@@ -181,6 +180,11 @@ class RunFolder:
                             f"folder)")
 
     # -- manifest -----------------------------------------------------------------------------
+    def recorded_settings(self) -> dict | None:
+        """The settings of the run this folder holds, if any."""
+        existing = self._read_json(MANIFEST)
+        return existing.get("settings") if existing else None
+
     def check_claim(self, manifest: dict) -> None:
         """Refuse a folder that holds another run; writes nothing."""
         existing = self._read_json(MANIFEST)
