@@ -2,24 +2,30 @@
 
   (a) the seed's method: transformers `generate` without a KV cache (`use_cache=False`,
       `max_length=min_length=64`, greedy, batch 1024), as the original script ran it. It is very
-      slow on CPU, so it runs on a subset (--n-seed sequences, batch min(1024, --n-seed)), with
-      the thread count (b) found best;
-  (b) transformers `generate` with its KV cache, at the best of a few thread counts x batch sizes
-      (--threads, --hf-batch-sizes; --n-hf sequences each);
-  (c) vmem end to end: `vmem evaluate` in a child process on a dataset file written with
-      `vmem.mmidx.write_merged` (--n rows of 2049 random uint16 ids < 50304): reading, engine,
-      scoring and durable CSV shards all included; start-up and engine-busy share come from the
-      task marker OUT/tasks/*.json that evaluate() writes.
+      slow on CPU, so it runs on a subset (--n-seed sequences, batch min(1024, --n-seed)) with the
+      dtype and thread count (b) found best;
+  (b) transformers `generate` with its KV cache: the best of dtypes x thread counts x batch sizes
+      on --n-hf sequences (bfloat16 is tried only where the CPU computes it natively: emulated,
+      it runs ~150x slower than float32), then that setting end to end on --n sequences, model
+      load from disk included;
+  (c) `vmem evaluate` end to end with the defaults a user gets (engine and dtype `auto`), in a
+      child process on a dataset file written with `vmem.mmidx.write_merged` (--n rows of 2049
+      random uint16 ids < 50304): the whole process is timed (start-up, model load, reading,
+      engine, scoring, durable CSV files); --vmem-engine adds runs with a forced engine.
+
+The done-when ratios of the issue "Runs well on every machine" are c/a (the whole vmem process
+against the seed's steady rate) and c/b (both end to end, model load included).
 
 Models are random-weight GPT-NeoX models with the exact shapes of Pythia sizes
 (`vmem.pythia.neox_config_kwargs`): the weights' values do not change the work, since every method
-generates exactly 32 tokens per prompt (end-of-text is masked, as in the paper). All methods run in
-one dtype (--dtype; auto = bfloat16 on CPU, float16 on GPU). Useful FLOPs per sequence (those a
-KV-cached continuation needs) turn seq/s into FLOP/s, set against a measured torch.matmul peak.
-Results and the machine are appended to bench/RESULTS.md.
+generates exactly 32 tokens per prompt (end-of-text is masked, as in the paper). Useful FLOPs per
+sequence (those a KV-cached continuation needs) turn seq/s into FLOP/s, set against a measured
+torch.matmul peak. The CPU kind (AMX, AVX512-BF16, AVX512, AVX2: `vmem.hardware.cpu_kind`, which
+honours ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA emulation) and the results are appended to
+bench/RESULTS.md.
 
     .venv/bin/python bench/throughput.py --shape pythia-70m --n 2048
-    .venv/bin/python bench/throughput.py --shape pythia-70m pythia-160m --n 2048
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python bench/throughput.py ...
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vmem import mmidx, pythia  # noqa: E402
-from vmem.engine import resolve_dtype  # noqa: E402
+from vmem.engine import choose_dtype  # noqa: E402
+from vmem.hardware import cpu_flags, cpu_kind  # noqa: E402
 
 TOKEN_IDS = 50_304  # random token ids stay below the smallest Pythia vocabulary
 SEQ_LEN = 2049  # a Pythia row: 2048 inputs + 1 target
@@ -85,9 +92,12 @@ def machine(device: str) -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                   if line.startswith("model name")), "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                  if line.startswith("flags")), [])
-    info = {"cpu": model, "cores": os.cpu_count(), "amx": "amx_bf16" in flags,
+    flags = cpu_flags()
+    emulated = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+                if k in os.environ}
+    info = {"cpu": model, "cores": os.cpu_count(), "kind": cpu_kind(), "emulated": emulated,
+            "flags": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+                              if f in flags),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "load": os.getloadavg()[0]}
     if device == "cuda":
@@ -148,37 +158,66 @@ def hf_seconds(model, prompts: np.ndarray, batch: int, cont_len: int, use_cache:
 
 
 def measure_transformers(size: str, prompts: np.ndarray, args) -> dict:
-    """(b) at each thread count x batch size, then (a) with the threads (b) liked best."""
-    model = random_model(size, args.dtype, args.device)
+    """(b) at each dtype x thread count x batch size, its best end to end, then (a) with the
+    dtype and threads (b) liked best."""
     found = {}
-    by_setting = {}  # (threads, batch) -> seq/s
-    for threads in args.threads if "hf" in args.methods else []:
-        torch.set_num_threads(threads)
-        hf_seconds(model, prompts[:2], 2, 2, True, args.device)  # warm-up: kernels, allocator
-        rows = prompts[:args.n_hf]
-        for batch in args.hf_batch_sizes:
-            seconds = hf_seconds(model, rows, batch, args.cont_len, True, args.device)
-            by_setting[threads, batch] = len(rows) / seconds
-            print(f"  (b) transformers + cache, {threads} threads, batch {batch}: {len(rows)} seq "
-                  f"in {seconds:.1f} s", file=sys.stderr)
-    if by_setting:
-        threads, batch = max(by_setting, key=by_setting.get)
-        found["hf"] = {"seq_s": by_setting[threads, batch], "n": args.n_hf, "batch": batch,
+    by_setting = {}  # (dtype, threads, batch) -> seq/s
+    for dtype in args.dtypes if "hf" in args.methods else []:
+        model = random_model(size, dtype, args.device)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            hf_seconds(model, prompts[:2], 2, 2, True, args.device)  # warm-up: kernels, allocator
+            rows = prompts[:args.n_hf]
+            for batch in args.hf_batch_sizes:
+                seconds = hf_seconds(model, rows, batch, args.cont_len, True, args.device)
+                by_setting[dtype, threads, batch] = len(rows) / seconds
+                print(f"  (b) transformers + cache, {dtype}, {threads} threads, batch {batch}: "
+                      f"{len(rows)} seq in {seconds:.1f} s", file=sys.stderr)
+        del model
+    best = max(by_setting, key=by_setting.get) if by_setting else None
+    if best:
+        dtype, threads, batch = best
+        found["hf"] = {"seq_s": by_setting[best], "n": args.n_hf, "dtype": dtype, "batch": batch,
                        "threads": threads, "by_setting": by_setting}
+        if args.device == "cpu":
+            found["hf"]["e2e"] = transformers_end_to_end(size, best, args)
     if "seed" in args.methods:
-        torch.set_num_threads(found["hf"]["threads"] if by_setting else args.threads[-1])
+        dtype, threads = (best[0], best[1]) if best else (args.dtypes[0], args.threads[-1])
+        torch.set_num_threads(threads)
+        model = random_model(size, dtype, args.device)
         hf_seconds(model, prompts[:2], 2, 2, False, args.device)  # warm-up
         seed = prompts[:args.n_seed]
         batch = min(SEED_BATCH, len(seed))
         seconds = hf_seconds(model, seed, batch, args.cont_len, False, args.device)
         found["seed"] = {"seq_s": len(seed) / seconds, "n": len(seed), "batch": batch,
-                         "threads": torch.get_num_threads()}
+                         "threads": threads, "dtype": dtype}
         print(f"  (a) seed's method: {len(seed)} seq in {seconds:.1f} s", file=sys.stderr)
-    del model
+        del model
     gc.collect()
     if args.device == "cuda":
         torch.cuda.empty_cache()
     return found
+
+
+def transformers_end_to_end(size: str, setting: tuple, args) -> float:
+    """(b)'s best setting on the --n prompts of (c)'s dataset, loading the saved model first."""
+    from transformers import AutoModelForCausalLM
+
+    dtype, threads, batch = setting
+    torch.set_num_threads(threads)
+    rows = mmidx_rows(dataset(args.dir, args.n), args.n)[:, :args.prompt_len].astype(np.int64)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(saved_model(size, args.dir),
+                                                 dtype=getattr(torch, dtype)).eval()
+    seconds = hf_seconds(model, rows, batch, args.cont_len, True, args.device)
+    total = time.perf_counter() - t0
+    print(f"  (b) end to end: {len(rows)} seq in {total:.1f} s (load {total - seconds:.1f} s)",
+          file=sys.stderr)
+    return len(rows) / total
+
+
+def mmidx_rows(prefix: Path, n: int) -> np.ndarray:
+    return np.fromfile(prefix.with_suffix(".bin"), dtype=np.uint16).reshape(n, SEQ_LEN)
 
 
 # -- (c): vmem end to end -------------------------------------------------------------------------
@@ -199,20 +238,18 @@ def dataset(folder: Path, n: int) -> Path:
     return prefix
 
 
-def measure_vmem(size: str, args) -> dict:
+def measure_vmem(size: str, args, engine: str | None) -> dict:
+    """`vmem evaluate` as a user runs it: defaults, unless `engine` forces one."""
     model = saved_model(size, args.dir)
     data = dataset(args.dir, args.n)
-    out = args.dir / f"run-{size}-{os.getpid()}"
+    out = args.dir / f"run-{size}-{engine or 'default'}-{os.getpid()}"
     cmd = [sys.executable, "-m", "vmem.cli", "evaluate", "--model", str(model), "--data",
-           str(data), "--start", "0", "--stop", str(args.n), "--out", str(out), "--dtype",
-           args.dtype, "--memory-share", str(args.memory_share), "--prompt-len",
+           str(data), "--start", "0", "--stop", str(args.n), "--out", str(out), "--prompt-len",
            str(args.prompt_len), "--cont-len", str(args.cont_len), "--no-progress"]
-    for flag in ("chunk_size", "max_num_seqs", "max_num_batched_tokens"):
-        if getattr(args, flag):
-            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    if args.enforce_eager:
-        cmd.append("--enforce-eager")
-    log = args.dir / f"vmem-{size}.log"
+    if engine:
+        cmd += ["--engine", engine]
+    cmd += args.vmem_args
+    log = args.dir / f"vmem-{size}-{engine or 'default'}.log"
     t0 = time.perf_counter()
     with open(log, "w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -224,13 +261,16 @@ def measure_vmem(size: str, args) -> dict:
     stats = json.loads(marker.read_text())
     if stats["scored_now"] != args.n:
         raise SystemExit(f"vmem evaluate scored {stats['scored_now']} of {args.n} sequences")
-    print(f"  (c) vmem evaluate: {args.n} seq, start-up {stats['startup_seconds']:.1f} s, "
-          f"then {stats['seconds']:.1f} s; process {wall:.1f} s; log {log}", file=sys.stderr)
+    choices = json.loads((out / "manifest.json").read_text())["choices"]
+    print(f"  (c) vmem evaluate{' --engine ' + engine if engine else ''}: {args.n} seq, "
+          f"process {wall:.1f} s (start-up {stats['startup_seconds']:.1f} s, then "
+          f"{stats['seconds']:.1f} s); log {log}", file=sys.stderr)
     if not args.keep:
         shutil.rmtree(out)
     return {"seq_s": stats["sequences_per_second"], "n": args.n,
             "busy": stats["engine_busy_share"], "startup": stats["startup_seconds"],
-            "process_seq_s": args.n / wall, "engine": stats["engine_info"]}
+            "process_seq_s": args.n / wall, "process_s": wall, "engine": stats["engine_info"],
+            "choices": choices, "forced": engine}
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -239,22 +279,27 @@ def fmt(x: float | None, spec: str = ".1f", unit: str = "") -> str:
 
 
 def table(results: dict, peak: float, args) -> str:
-    lines = ["| shape | (a) seed seq/s | (b) transformers+cache seq/s | (c) vmem seq/s | c/a | c/b "
-             "| engine busy | start-up s | GFLOP/seq | (a) / (b) / (c) GFLOP/s | (c) of peak |",
-             "|" + "---|" * 11]
+    lines = ["| shape | (a) seed seq/s | (b) transformers+cache seq/s | (b) end to end | "
+             "(c) vmem end to end | (c) after start-up | c/a | c/b | vmem chose | start-up s "
+             "| GFLOP/seq | (a) / (b) / (c) GFLOP/s | (c) of peak |",
+             "|" + "---|" * 13]
     for size, r in results.items():
         seed, hf, vm = r.get("seed"), r.get("hf"), r.get("vmem")
-        a, b, c = (m["seq_s"] if m else None for m in (seed, hf, vm))
+        a, b = (m["seq_s"] if m else None for m in (seed, hf))
+        b_e2e = hf.get("e2e") if hf else None
+        c_e2e, c = (vm["process_seq_s"], vm["seq_s"]) if vm else (None, None)
         per_seq = flops_per_sequence(size, args.prompt_len, args.cont_len)
         cells = [
             f"pythia-{size}",
-            f"{a:.2f} (n={seed['n']}, batch {seed['batch']}, {seed['threads']} thr)"
-            if seed else "—",
-            f"{b:.1f} (batch {hf['batch']}, {hf['threads']} thr)" if hf else "—",
+            f"{a:.2f} ({seed['dtype']}, n={seed['n']}, batch {seed['batch']}, "
+            f"{seed['threads']} thr)" if seed else "—",
+            f"{b:.1f} ({hf['dtype']}, batch {hf['batch']}, {hf['threads']} thr)" if hf else "—",
+            fmt(b_e2e),
+            fmt(c_e2e),
             fmt(c),
-            fmt(c / a if c and a else None, ".1f", "x"),
-            fmt(c / b if c and b else None, ".2f", "x"),
-            fmt(vm["busy"] * 100 if vm else None, ".1f", "%"),
+            fmt(c_e2e / a if c_e2e and a else None, ".1f", "x"),
+            fmt(c_e2e / b_e2e if c_e2e and b_e2e else None, ".2f", "x"),
+            f"{vm['engine']['engine']}, {vm['engine']['dtype']}" if vm else "—",
             fmt(vm["startup"] if vm else None),
             f"{per_seq / 1e9:.2f}",
             " / ".join(fmt(x * per_seq / 1e9 if x else None) for x in (a, b, c)),
@@ -268,13 +313,17 @@ def notes(results: dict, args) -> str:
     lines = []
     for size, r in results.items():
         if "hf" in r:
-            tried = ", ".join(f"{t} thr x batch {b}: {v:.1f}"
-                              for (t, b), v in r["hf"]["by_setting"].items())
+            tried = ", ".join(f"{d} {t} thr x batch {b}: {v:.1f}"
+                              for (d, t, b), v in r["hf"]["by_setting"].items())
             lines.append(f"- pythia-{size} (b) seq/s on {r['hf']['n']} sequences: {tried}")
-        if "vmem" in r:
-            lines.append(f"- pythia-{size} (c) {r['vmem']['n']} sequences; including process "
-                         f"and engine start-up: {r['vmem']['process_seq_s']:.1f} seq/s; engine "
-                         f"{json.dumps(r['vmem']['engine'], sort_keys=True)}")
+        for run in [r["vmem"]] * ("vmem" in r) + r.get("forced", []):
+            how = f"--engine {run['forced']}" if run["forced"] else "defaults"
+            lines.append(f"- pythia-{size} (c) `vmem evaluate` ({how}), {run['n']} sequences: "
+                         f"{run['process_seq_s']:.1f} seq/s for the whole process "
+                         f"({run['process_s']:.1f} s), {run['seq_s']} seq/s after "
+                         f"{run['startup']:.1f} s start-up; engine "
+                         f"{json.dumps(run['engine'], sort_keys=True)}; choices "
+                         f"{json.dumps(run['choices'], sort_keys=True)}")
     return "\n".join(lines)
 
 
@@ -295,20 +344,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n-hf", type=int, default=256, help="sequences per batch size in (b)")
     parser.add_argument("--hf-batch-sizes", default="64,256",
                         help="batch sizes (b) tries, comma-separated")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16",
-                                                             "float32"])
-    parser.add_argument("--peak-dtype", default=None, help="matmul peak dtype (default --dtype)")
+    parser.add_argument("--dtypes", default=None,
+                        help="dtypes (a) and (b) try, comma-separated (default: float32, and "
+                             "bfloat16 where the CPU computes it natively; float16 on GPU)")
+    parser.add_argument("--peak-dtype", default=None,
+                        help="matmul peak dtype (default: vmem's auto dtype)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", default=f"1,{torch.get_num_threads()}",
                         help="torch thread counts (b) tries, comma-separated; (a) uses the best")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--cont-len", type=int, default=32)
-    # vmem evaluate's settings; unset means vmem's defaults.
-    parser.add_argument("--chunk-size", type=int, default=None)
-    parser.add_argument("--max-num-seqs", type=int, default=None)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
-    parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--memory-share", type=float, default=0.3)
+    parser.add_argument("--vmem-engine", action="append", default=[], choices=["vllm", "hf"],
+                        help="also run (c) with this engine forced (repeatable)")
+    parser.add_argument("--vmem-args", default="",
+                        help="extra `vmem evaluate` flags for (c), e.g. '--enforce-eager'")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/vmem-bench-throughput"),
                         help="models, dataset and run folders (models are kept for reuse)")
     parser.add_argument("--keep", action="store_true", help="keep vmem's run folders")
@@ -328,8 +377,11 @@ def parse_args() -> argparse.Namespace:
         parser.error("--device cuda: no GPU visible")
     args.hf_batch_sizes = [int(b) for b in args.hf_batch_sizes.split(",")]
     args.threads = sorted({int(t) for t in args.threads.split(",")})
-    args.dtype = resolve_dtype(args.dtype)
-    args.peak_dtype = args.peak_dtype or args.dtype
+    auto = choose_dtype("auto").value
+    default = [auto] if args.device == "cuda" else sorted({"float32", auto})
+    args.dtypes = args.dtypes.split(",") if args.dtypes else default
+    args.peak_dtype = args.peak_dtype or auto
+    args.vmem_args = shlex.split(args.vmem_args)
     return args
 
 
@@ -349,10 +401,11 @@ def main() -> None:
         1, TOKEN_IDS, size=(max(args.n_seed, args.n_hf), args.prompt_len), dtype=np.int64)
     results = {}
     for size in args.sizes:
-        print(f"pythia-{size} ({args.dtype}, {args.device}):", file=sys.stderr)
+        print(f"pythia-{size} ({args.device}):", file=sys.stderr)
         results[size] = measure_transformers(size, prompts, args)
         if "vmem" in args.methods:
-            results[size]["vmem"] = measure_vmem(size, args)
+            results[size]["vmem"] = measure_vmem(size, args, None)
+        results[size]["forced"] = [measure_vmem(size, args, e) for e in args.vmem_engine]
     after = os.getloadavg()[0]
 
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -362,12 +415,16 @@ def main() -> None:
     note = f"\n\nNote: {args.note}" if args.note else ""
     text = (
         f"\n## {when}: `{command}`\n\n"
-        f"Machine: {before['cpu']}, {before['cores']} cores, AMX {'yes' if before['amx'] else 'no'}"
+        f"Machine: {before['cpu']}, {before['cores']} cores, flags {before['flags']}; CPU kind "
+        f"**{before['kind']}**"
+        + (f" (emulated: {' '.join(f'{k}={v}' for k, v in before['emulated'].items())})"
+           if before["emulated"] else "") +
         f"{gpu}; torch {before['torch']} (default {before['torch_threads']} threads); "
         f"load average (1 min) {before['load']:.2f} at start, {after:.2f} at end. "
-        f"Run dtype {args.dtype}; matmul peak ({args.peak_dtype}) {peak / 1e9:,.0f} GFLOP/s{one}. "
-        f"(a) runs on a subset of --n-seed sequences (it is slow); (b) on --n-hf sequences per "
-        f"setting; (c) on --n sequences, seq/s after start-up.{note}\n\n"
+        f"(a)/(b) dtypes tried: {', '.join(args.dtypes)}; matmul peak ({args.peak_dtype}) "
+        f"{peak / 1e9:,.0f} GFLOP/s{one}. (a) runs on a subset of --n-seed sequences (it is "
+        f"slow); (b) on --n-hf sequences per setting, then end to end on --n; (c) on --n "
+        f"sequences.{note}\n\n"
         f"{table(results, peak, args)}\n\n{notes(results, args)}\n"
     )
     print(text)
