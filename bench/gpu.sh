@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-common=(--methods seed,hf --dtype float16 --peak-dtype bfloat16 --device cuda --threads "$(nproc)")
+common=(--methods seed,hf --dtypes float16 --peak-dtype bfloat16 --device cuda --threads "$(nproc)")
 
 "$PYTHON" -c 'import torch; assert torch.cuda.is_available(), "no GPU visible to torch"'
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
