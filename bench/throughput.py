@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vmem import mmidx, pythia  # noqa: E402
+from vmem.data import open_dataset  # noqa: E402
 from vmem.engine import choose_dtype  # noqa: E402
 from vmem.hardware import cpu_flags, cpu_kind  # noqa: E402
 
@@ -205,7 +206,8 @@ def transformers_end_to_end(size: str, setting: tuple, args) -> float:
 
     dtype, threads, batch = setting
     torch.set_num_threads(threads)
-    rows = mmidx_rows(dataset(args.dir, args.n), args.n)[:, :args.prompt_len].astype(np.int64)
+    rows = open_dataset(str(dataset(args.dir, args.n))).read(0, args.n)
+    rows = rows[:, :args.prompt_len].astype(np.int64)
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(saved_model(size, args.dir),
                                                  dtype=getattr(torch, dtype)).eval()
@@ -214,10 +216,6 @@ def transformers_end_to_end(size: str, setting: tuple, args) -> float:
     print(f"  (b) end to end: {len(rows)} seq in {total:.1f} s (load {total - seconds:.1f} s)",
           file=sys.stderr)
     return len(rows) / total
-
-
-def mmidx_rows(prefix: Path, n: int) -> np.ndarray:
-    return np.fromfile(prefix.with_suffix(".bin"), dtype=np.uint16).reshape(n, SEQ_LEN)
 
 
 # -- (c): vmem end to end -------------------------------------------------------------------------

@@ -62,7 +62,8 @@ COLUMN_TYPES = {"index": pa.int64(), "score": pa.float64(), "matches": pa.int64(
 
 
 class DamagedScoreFile(VmemError):
-    """A score file that does not parse or does not hold exactly the rows its name claims."""
+    """A score file that does not parse, does not hold exactly the rows its name claims, or holds
+    values no scoring gives."""
 
 
 def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, stop: int,
@@ -185,25 +186,26 @@ class RunFolder:
         existing = self._read_json(MANIFEST)
         return existing.get("settings") if existing else None
 
-    def check_claim(self, manifest: dict) -> None:
-        """Refuse a folder that holds another run; writes nothing."""
+    def check_claim(self, manifest: dict) -> bool:
+        """Refuse a folder that holds another run; writes nothing. True when the folder already
+        holds this run's manifest."""
         existing = self._read_json(MANIFEST)
         if existing is not None:
             diff = first_difference(existing.get("settings", {}), manifest["settings"])
             if diff:
                 raise VmemError(f"--out {self.out} holds a run with different settings ({diff}); "
                                 f"use another --out")
-            return
+            return True
         foreign = {p[0] for p in map(parse_shard_name, self._names()) if p}
         foreign.discard(manifest["fingerprint"])
         if foreign:
             raise VmemError(f"--out {self.out} holds score files of another run (fingerprint "
                             f"{sorted(foreign)[0]}) but no manifest; use another --out")
+        return False
 
     def claim(self, manifest: dict) -> None:
         """Write the manifest, or check that the one already there describes the same run."""
-        self.check_claim(manifest)
-        if self._read_json(MANIFEST) is None:
+        if not self.check_claim(manifest):
             self._put(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
     # -- score files --------------------------------------------------------------------------
