@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.s3_server
 
 from tests.s3_server import FAKE_CREDENTIALS, moto_server  # noqa: E402
-from vmem import mmidx, s3  # noqa: E402
-from vmem.data import Dataset, iter_batches, open_dataset  # noqa: E402
+from vmem.io import mmidx, s3  # noqa: E402
+from vmem.io.dataset import Dataset, iter_batches, open_dataset  # noqa: E402
 
 
 def write_dataset(folder: Path, sequences: int, seq_len: int, shards: int) -> None:
@@ -48,7 +48,7 @@ def drop_from_page_cache(dataset: Dataset) -> None:
 def time_batches(dataset: Dataset, args: argparse.Namespace) -> tuple[float, int]:
     start = time.perf_counter()
     batches = 0
-    for _ in iter_batches(dataset, 0, dataset.num_sequences, batch_size=args.batch_size,
+    for _ in iter_batches(dataset, 0, dataset.num_sequences, rows=args.batch_size,
                           prompt_len=args.prompt_len, cont_len=args.cont_len,
                           prefetch=args.prefetch):
         batches += 1

@@ -1,10 +1,10 @@
 """`vmem merge` at Pythia scale: a synthetic run folder of --rows sequences (default 146,432,000,
-all sequences of step143000) in the evaluator's format (manifest.json + one CSV shard per chunk of
-vmem.evaluate.DEFAULT_CHUNK rows), merged by `vmem merge` in a child process: time, peak RSS,
+all sequences of step143000) in the evaluator's format (manifest.json + one score file per chunk of
+vmem.evaluation.evaluate.DEFAULT_CHUNK rows), merged by `vmem merge` in a child process: time, peak RSS,
 bytes per row.
 
 Shards are formatted by pyarrow (writing 146M rows through Python would take longer than the
-merge), and the first one is checked byte for byte against `vmem.results.shard_csv`.
+merge), and the first one is checked byte for byte against `vmem.evaluation.scoring.score_csv`.
 
     .venv/bin/python bench/merge_scale.py --rows 146432000 --dir /tmp/vmem-merge-bench
 """
@@ -27,10 +27,11 @@ import pyarrow.csv as pacsv
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report_scale import CONT_LEN, synthetic_matches  # noqa: E402
-from vmem.evaluate import DEFAULT_CHUNK  # noqa: E402
-from vmem.results import MANIFEST, columns_for, fingerprint, shard_csv, shard_name  # noqa: E402
+from vmem.evaluation.evaluate import DEFAULT_CHUNK  # noqa: E402
+from vmem.evaluation.run_folder import MANIFEST, fingerprint, score_file_name  # noqa: E402
+from vmem.evaluation.scoring import columns, score_csv  # noqa: E402
 
-SCORES = pa.array([repr(m / CONT_LEN) for m in range(CONT_LEN + 1)])  # as shard_csv writes them
+SCORES = pa.array([repr(m / CONT_LEN) for m in range(CONT_LEN + 1)])  # as score_csv writes them
 
 
 def manifest(rows: int) -> dict:
@@ -40,7 +41,7 @@ def manifest(rows: int) -> dict:
         "eos_mode": "paper", "logprobs": False,
         "data": {"location": "/data/pythia/document", "layout": "merged",
                  "num_sequences": rows, "seq_len": 2049, "dtype": "uint16"},
-        "start": 0, "stop": rows, "batch_size": 1024,
+        "start": 0, "stop": rows, "sequences_per_step": 1024,
     }
     return {"vmem_version": "bench", "settings": settings, "fingerprint": fingerprint(settings),
             "engine_info": {}, "step": 143_000, "params": None, "created": "bench"}
@@ -52,7 +53,7 @@ def shard_bytes(index: np.ndarray, matches: np.ndarray, prefix: np.ndarray) -> b
     sink = pa.BufferOutputStream()
     pacsv.write_csv(table, sink,
                     pacsv.WriteOptions(include_header=False, quoting_style="none"))
-    return (",".join(columns_for(False)) + "\n").encode() + sink.getvalue().to_pybytes()
+    return (",".join(columns(False)) + "\n").encode() + sink.getvalue().to_pybytes()
 
 
 def write_run(folder: Path, rows: int, chunk: int) -> None:
@@ -65,9 +66,9 @@ def write_run(folder: Path, rows: int, chunk: int) -> None:
         matches = synthetic_matches(rng, rng.random(index.size) < 0.0163)  # 12b's share
         prefix = np.minimum(matches, rng.geometric(0.5, index.size) - 1)
         data = shard_bytes(index, matches, prefix)
-        if start == 0 and data != shard_csv(index, matches, prefix, CONT_LEN, None):
-            raise SystemExit("synthetic shard differs from vmem.results.shard_csv's format")
-        (folder / shard_name(meta["fingerprint"], index[0], index[-1] + 1)).write_bytes(data)
+        if start == 0 and data != score_csv(index, matches, prefix, CONT_LEN, None):
+            raise SystemExit("synthetic score file differs from score_csv's format")
+        (folder / score_file_name(meta["fingerprint"], index[0], index[-1] + 1)).write_bytes(data)
 
 
 def main() -> None:

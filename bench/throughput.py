@@ -9,7 +9,7 @@
       it runs ~150x slower than float32), then that setting end to end on --n sequences, model
       load from disk included;
   (c) `vmem evaluate` end to end with the defaults a user gets (engine and dtype `auto`), in a
-      child process on a dataset file written with `vmem.mmidx.write_merged` (--n rows of 2049
+      child process on a dataset file written with `vmem.io.mmidx.write_merged` (--n rows of 2049
       random uint16 ids < 50304): the whole process is timed (start-up, model load, reading,
       engine, scoring, durable CSV files); --vmem-engine adds runs with a forced engine.
 
@@ -48,10 +48,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vmem import mmidx, pythia  # noqa: E402
-from vmem.data import open_dataset  # noqa: E402
-from vmem.engine import choose_dtype  # noqa: E402
+from vmem import pythia  # noqa: E402
+from vmem.evaluation.engine import choose_dtype  # noqa: E402
 from vmem.hardware import cpu_flags, cpu_kind  # noqa: E402
+from vmem.io import mmidx  # noqa: E402
+from vmem.io.dataset import open_dataset  # noqa: E402
 
 TOKEN_IDS = 50_304  # random token ids stay below the smallest Pythia vocabulary
 SEQ_LEN = 2049  # a Pythia row: 2048 inputs + 1 target

@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from vmem import mmidx
-from vmem.engine import EngineConfig, build_engine
+from vmem.evaluation.engine import EngineConfig, build_engine
+from vmem.io import mmidx
 
 VOCAB = 512
 SEQ_LEN = 96  # room for --offset tests; Pythia's is 2049

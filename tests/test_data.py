@@ -11,9 +11,10 @@ import threading
 import numpy as np
 import pytest
 
-from vmem import mmidx
 from vmem.cli import main
-from vmem.data import (
+from vmem.errors import VmemError
+from vmem.io import mmidx
+from vmem.io.dataset import (
     checkpoint_range,
     iter_batches,
     open_dataset,
@@ -21,7 +22,6 @@ from vmem.data import (
     step_of,
     step_range,
 )
-from vmem.errors import VmemError
 
 N, SEQ_LEN = 300, 37  # a row is 74 bytes: shard sizes below are deliberately not multiples
 ROW_BYTES = SEQ_LEN * 2
@@ -157,7 +157,7 @@ def test_other_token_dtypes_round_trip(tmp_path):
 
 def test_batches_cover_the_range_exactly(sharded, rows):
     dataset = open_dataset(sharded)
-    batches = list(iter_batches(dataset, 5, 290, batch_size=64, prompt_len=4, cont_len=6,
+    batches = list(iter_batches(dataset, 5, 290, rows=64, prompt_len=4, cont_len=6,
                                 offset=3))
     assert [len(b.indices) for b in batches] == [64, 64, 64, 64, 29]
     indices = np.concatenate([b.indices for b in batches])
@@ -171,14 +171,14 @@ def test_batches_cover_the_range_exactly(sharded, rows):
 def test_batches_default_to_the_papers_window(tmp_path):
     rows = np.random.default_rng(1).integers(0, 50_000, size=(10, 2049), dtype=np.uint16)
     mmidx.write_merged(tmp_path / "p", rows)
-    (batch,) = iter_batches(open_dataset(tmp_path / "p"), 0, 10, batch_size=10)
+    (batch,) = iter_batches(open_dataset(tmp_path / "p"), 0, 10, rows=10)
     np.testing.assert_array_equal(batch.prompts, rows[:, :32])
     np.testing.assert_array_equal(batch.continuations, rows[:, 32:64])
 
 
 def test_leaving_early_stops_the_prefetch_thread(merged):
     before = threading.active_count()
-    batches = iter_batches(open_dataset(merged), 0, N, batch_size=1, prompt_len=2, cont_len=2)
+    batches = iter_batches(open_dataset(merged), 0, N, rows=1, prompt_len=2, cont_len=2)
     next(batches)
     batches.close()
     assert threading.active_count() == before
@@ -187,7 +187,7 @@ def test_leaving_early_stops_the_prefetch_thread(merged):
 def test_window_longer_than_a_sequence_names_the_flags(merged):
     with pytest.raises(VmemError, match=r"--offset 10 \+ --prompt-len 20 \+ --cont-len 8 = 38 "
                                         r"exceeds the 37-token sequences"):
-        iter_batches(open_dataset(merged), 0, N, batch_size=8, prompt_len=20, cont_len=8,
+        iter_batches(open_dataset(merged), 0, N, rows=8, prompt_len=20, cont_len=8,
                      offset=10)
 
 
@@ -197,18 +197,18 @@ def test_step_arithmetic():
     assert checkpoint_range(143_000) == (0, 146_432_000)
     assert step_range(3) == (3072, 4096)
     assert step_of(1023) == 0 and step_of(1024) == 1 and step_of(146_431_999) == 142_999
-    assert step_range(2, batch_size=10) == (20, 30) and checkpoint_range(2, 10) == (0, 20)
-    assert step_of(25, batch_size=10) == 2
-    with pytest.raises(VmemError, match="batch-size"):
-        step_of(5, batch_size=0)
+    assert step_range(2, sequences_per_step=10) == (20, 30) and checkpoint_range(2, 10) == (0, 20)
+    assert step_of(25, sequences_per_step=10) == 2
+    with pytest.raises(VmemError, match="sequences-per-step"):
+        step_of(5, sequences_per_step=0)
 
 
 def test_resolve_range(merged):
     dataset = open_dataset(merged)
     assert resolve_range(dataset, 10, 20) == (10, 20)
-    assert resolve_range(dataset, None, None, step=2, batch_size=100) == (200, 300)
-    assert resolve_range(dataset, None, None, checkpoint=3, batch_size=100) == (0, 300)
-    assert resolve_range(dataset, 50, None, checkpoint=3, batch_size=100) == (50, 300)
+    assert resolve_range(dataset, None, None, step=2, sequences_per_step=100) == (200, 300)
+    assert resolve_range(dataset, None, None, checkpoint=3, sequences_per_step=100) == (0, 300)
+    assert resolve_range(dataset, 50, None, checkpoint=3, sequences_per_step=100) == (50, 300)
     cases = [
         ((10, 10), {}, r"--start 10 --stop 10: selects no sequences"),
         ((20, 10), {}, r"--stop must be greater than --start"),
@@ -216,10 +216,12 @@ def test_resolve_range(merged):
         ((-1, 5), {}, r"outside"),
         ((None, 5), {}, rf"give --start and --stop .* \[0, {N}\)"),
         ((5, None), {}, r"give --start and --stop"),
-        ((None, None), {"checkpoint": 4, "batch_size": 100}, r"--checkpoint 4: selects \[0, 400\)"),
-        ((None, None), {"step": 3, "batch_size": 100}, r"--step 3: selects \[300, 400\)"),
+        ((None, None), {"checkpoint": 4, "sequences_per_step": 100},
+         r"--checkpoint 4: selects \[0, 400\)"),
+        ((None, None), {"step": 3, "sequences_per_step": 100}, r"--step 3: selects \[300, 400\)"),
         ((None, None), {"step": -1}, r"--step -1: training steps are numbered from 0"),
-        ((150, None), {"step": 0, "batch_size": 100}, r"must lie inside the range \[0, 100\)"),
+        ((150, None), {"step": 0, "sequences_per_step": 100},
+         r"must lie inside the range \[0, 100\)"),
         ((None, None), {"step": 1, "checkpoint": 1}, r"--step or --checkpoint, not both"),
     ]
     for (start, stop), kwargs, message in cases:
@@ -350,7 +352,11 @@ def test_bad_shard_set(sharded, out_dir, capsys, kind):
     (["--start", "9", "--stop", "2"], r"--stop must be greater than --start"),
     (["--start", "9"], r"give --start and --stop .* \[0, 300\)"),
     (["--step", "3"], r"--step 3: selects \[3072, 4096\), outside .* \[0, 300\)"),
-    (["--start", "0", "--stop", "1", "--batch-size", "0", "--step", "0"], r"--batch-size 0"),
+    (["--start", "0", "--stop", "1", "--sequences-per-step", "0", "--step", "0"],
+     r"--sequences-per-step 0"),
+    # --batch-size is the flag's old name, kept as an alias.
+    (["--start", "0", "--stop", "1", "--batch-size", "0", "--step", "0"],
+     r"--sequences-per-step 0"),
 ])
 def test_bad_range(merged, out_dir, capsys, argv, message):
     assert dump(merged, *argv, "-o", str(out_dir / "x.npy")) == 2

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vmem import cli, minicorpus
-from vmem.data import open_dataset
-from vmem.demo import QUICK
+from vmem import cli
+from vmem.demo import corpus as minicorpus
+from vmem.demo.run import QUICK
+from vmem.io.dataset import open_dataset
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_predictability_uses_the_sequences_both_runs_have_seen(demo):
     for row in pred.itertuples():
         cheap = pd.read_parquet(demo / "results" / f"{row.cheap}.parquet")
         target = pd.read_parquet(demo / "results" / f"{row.target}.parquet")
-        stop = min(row.cheap_step, row.target_step) * QUICK.batch_size
+        stop = min(row.cheap_step, row.target_step) * QUICK.sequences_per_step
         assert (row.start, row.stop) == (0, stop)
         c = cheap["score"].to_numpy()[:stop] == 1
         t = target["score"].to_numpy()[:stop] == 1

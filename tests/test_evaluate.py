@@ -19,9 +19,9 @@ from transformers import AutoModelForCausalLM
 from tests.cli import cli_error
 from tests.models import EOS_SEQUENCE, MEMORIZED, NUM_SEQUENCES
 from vmem.cli import QUIET_DEFAULTS, main
-from vmem.engine import EngineConfig
-from vmem.evaluate import Evaluation, evaluate
-from vmem.merge import merge_run
+from vmem.evaluation.engine import EngineConfig
+from vmem.evaluation.evaluate import Evaluation, evaluate
+from vmem.evaluation.merge import merge_run
 
 VMEM = [sys.executable, "-m", "vmem.cli"]
 

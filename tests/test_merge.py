@@ -14,13 +14,13 @@ import pytest
 
 from tests.cli import cli_error
 from tests.s3_server import FAKE_CREDENTIALS, set_auth
-from vmem import s3
 from vmem.cli import main
-from vmem.engine import EngineConfig
 from vmem.errors import VmemError
-from vmem.evaluate import Evaluation, evaluate
-from vmem.merge import merge_run
-from vmem.results import parse_shard_name, shard_name
+from vmem.evaluation.engine import EngineConfig
+from vmem.evaluation.evaluate import Evaluation, evaluate
+from vmem.evaluation.merge import merge_run
+from vmem.evaluation.run_folder import parse_score_file_name, score_file_name
+from vmem.io import s3
 
 STOP = 200
 
@@ -50,7 +50,7 @@ def shard_rows(run: Path) -> pd.DataFrame:
 
 
 def shard_at(run: Path, start: int) -> Path:
-    return next(p for p in run.glob("scores-*.csv") if parse_shard_name(p.name)[1] == start)
+    return next(p for p in run.glob("scores-*.csv") if parse_score_file_name(p.name)[1] == start)
 
 
 def test_merge_writes_sorted_parquet_and_csv_with_the_manifest(tmp_path, run):
@@ -84,9 +84,9 @@ def test_gaps_are_listed_with_the_command_that_fills_them(capsys, tmp_path, run)
 
 def test_equal_duplicates_are_dropped_with_a_warning(capsys, tmp_path, run):
     expected = shard_rows(run)
-    fp = parse_shard_name(shard_at(run, 0).name)[0]
+    fp = parse_score_file_name(shard_at(run, 0).name)[0]
     overlap = expected.iloc[25:75]  # a chunk of another chunking: straddles two shards
-    overlap.to_csv(run / shard_name(fp, 25, 75), index=False)
+    overlap.to_csv(run / score_file_name(fp, 25, 75), index=False)
     merge_run(str(run), str(tmp_path / "m.csv"))
     assert "50 duplicate rows with equal values dropped" in capsys.readouterr().err
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m.csv"), expected)
@@ -94,11 +94,11 @@ def test_equal_duplicates_are_dropped_with_a_warning(capsys, tmp_path, run):
 
 def test_conflicting_duplicates_are_an_error(capsys, tmp_path, run):
     rows = shard_rows(run)
-    fp = parse_shard_name(shard_at(run, 0).name)[0]
+    fp = parse_score_file_name(shard_at(run, 0).name)[0]
     overlap = rows.iloc[25:75].copy()
     overlap.loc[overlap["index"] == 60, "matches"] += 1  # a sound file that disagrees
     overlap["score"] = overlap["matches"] / 32
-    overlap.to_csv(run / shard_name(fp, 25, 75), index=False)
+    overlap.to_csv(run / score_file_name(fp, 25, 75), index=False)
     err = cli_error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.csv")])
     assert "conflicting duplicate: index 60 has matches" in err
     assert not (tmp_path / "m.csv").exists()
@@ -222,7 +222,23 @@ def test_data_parallel_engines_split_the_slice_and_merge_to_the_single_run(
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     markers = sorted(p.name for p in (out / "tasks").iterdir())
-    assert markers == ["task-000000000000-000000000100.json", "task-000000000100-000000000200.json"]
+    # Each child marks its half; the parent marks the whole slice once both have.
+    assert markers == ["task-000000000000-000000000100.json", "task-000000000000-000000000200.json",
+                       "task-000000000100-000000000200.json"]
+    parent = json.loads((out / "tasks" / "task-000000000000-000000000200.json").read_text())
+    assert parent["parts"] == [[0, 100], [100, 200]]
     merge_run(str(out), str(tmp_path / "m.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
+                                  check_dtype=False)
+
+
+def test_data_parallel_from_python_needs_no_command_line(
+        tmp_path, tiny_model_dir, tiny_dataset, base_run):
+    # The children are started from the plan, so a caller of `evaluate` gets them too; a second
+    # call finds the parent's marker and starts nothing.
+    ev = evaluation(tiny_model_dir, tiny_dataset, str(tmp_path / "dp"), data_parallel=2)
+    assert evaluate(ev)["parts"] == [[0, 100], [100, 200]]
+    assert evaluate(ev) == {"start": 0, "stop": STOP, "already_finished": True}
+    merge_run(ev.out, str(tmp_path / "m.parquet"))
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
                                   check_dtype=False)

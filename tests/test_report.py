@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.cli import cli_error
-from vmem import analysis
 from vmem.cli import main
-from vmem.runs import load_run
+from vmem.study import analysis
+from vmem.study.merged_runs import load_run
 
 CONT_LEN = 32
 
@@ -31,7 +31,7 @@ FINAL_SEQUENCES = 146_432_000
 
 def write_run(folder: Path, name: str, *, model: str, step: int | None, start: int, stop: int,
               memorized: list[int], fmt: str = "parquet", params: int | None = None,
-              batch_size: int = 1024, matches: np.ndarray | None = None,
+              sequences_per_step: int = 1024, matches: np.ndarray | None = None,
               logprobs: bool = False, seed: int = 0) -> Path:
     """A merged run as `vmem merge` leaves it: table sorted by index + NAME.manifest.json."""
     rng = np.random.default_rng(seed)
@@ -55,7 +55,7 @@ def write_run(folder: Path, name: str, *, model: str, step: int | None, start: i
                     eos_mode="paper", logprobs=logprobs,
                     data=dict(location="/data/document", layout="merged",
                               num_sequences=FINAL_SEQUENCES, seq_len=2049, dtype="uint16"),
-                    start=start, stop=stop, batch_size=batch_size)
+                    start=start, stop=stop, sequences_per_step=sequences_per_step)
     manifest = dict(vmem_version="0.1.0", settings=settings, fingerprint="0123456789",
                     engine_info={}, step=step, params=params, created="2024-01-01T00:00:00Z")
     (folder / f"{name}.manifest.json").write_text(json.dumps(manifest))
@@ -134,10 +134,10 @@ def test_passes_in_small_chunks_agree_with_pandas(tmp_path: Path, monkeypatch) -
     rng = np.random.default_rng(11)
     cheap_path = write_run(tmp_path, "cheap", model="m-small", step=5, start=3, stop=203,
                            memorized=sorted(rng.choice(np.arange(3, 203), 30, replace=False)),
-                           batch_size=4)
+                           sequences_per_step=4)
     target_path = write_run(tmp_path, "target", model="m-large", step=5, start=50, stop=260,
                             memorized=sorted(rng.choice(np.arange(50, 260), 40, replace=False)),
-                            batch_size=4, fmt="csv")
+                            sequences_per_step=4, fmt="csv")
     cheap, target = load_run(str(cheap_path)), load_run(str(target_path))
     a = pd.read_parquet(cheap_path).set_index("index")["matches"] == CONT_LEN
     b = pd.read_csv(target_path).set_index("index")["matches"] == CONT_LEN
@@ -207,7 +207,7 @@ def test_score_trend_against_step(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
     write_run(runs, "trend", model="local/tiny", step=None, start=0, stop=128, memorized=[],
-              batch_size=4, matches=np.repeat(np.arange(32), 4))
+              sequences_per_step=4, matches=np.repeat(np.arange(32), 4))
     run_report(runs, tmp_path / "report")
     trend = pd.read_csv(tmp_path / "report" / "tables" / "score_trend.csv").iloc[0]
     assert trend["slope_per_1000_steps"] == pytest.approx(1000 / 32)

@@ -1,4 +1,4 @@
-"""vmem.s3 and S3 datasets against a real moto server: exact reads, retries through a proxy that
+"""vmem.io.s3 and S3 datasets against a real moto server: exact reads, retries through a proxy that
 really fails, missing buckets and keys, IAM-denied access, and `vmem data dump` from S3."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from vmem import mmidx, s3
 from vmem.cli import main
-from vmem.data import iter_batches, open_dataset
 from vmem.errors import VmemError
+from vmem.io import mmidx, s3
+from vmem.io.dataset import iter_batches, open_dataset
 
 N, SEQ_LEN = 200, 41
 ROW_BYTES = SEQ_LEN * 2
@@ -143,7 +143,7 @@ def test_s3_raw_and_batches(s3_server, s3_data, rows):
     assert (raw.layout, raw.num_sequences) == ("raw", N)
     np.testing.assert_array_equal(raw.read(3, 199), rows[3:199])
     sharded = open_dataset(f"{s3_data}/shards", s3_endpoint=s3_server)
-    batches = list(iter_batches(sharded, 1, N, batch_size=30, prompt_len=5, cont_len=7))
+    batches = list(iter_batches(sharded, 1, N, rows=30, prompt_len=5, cont_len=7))
     np.testing.assert_array_equal(np.concatenate([b.indices for b in batches]), np.arange(1, N))
     np.testing.assert_array_equal(np.concatenate([b.prompts for b in batches]), rows[1:, :5])
     np.testing.assert_array_equal(np.concatenate([b.continuations for b in batches]),
@@ -164,7 +164,7 @@ def test_failure_while_prefetching_reaches_the_consumer(s3_server, s3_data, s3_c
     dataset = open_dataset(f"{s3_data}/merged/pile", s3_endpoint=s3_server)
     s3_client.delete_object(Bucket=s3_data[5:], Key="merged/pile.bin")
     with pytest.raises(VmemError, match=r"merged/pile.bin: no such object"):
-        list(iter_batches(dataset, 0, N, batch_size=50, prompt_len=4, cont_len=4))
+        list(iter_batches(dataset, 0, N, rows=50, prompt_len=4, cont_len=4))
 
 
 def test_s3_bad_inputs(s3_server, s3_data, s3_client, tmp_path):

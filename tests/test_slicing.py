@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 
 from vmem.errors import VmemError
-from vmem.slicing import task_from_env, task_slice
+from vmem.evaluation.slicing import task_from_env, task_slice
 
 
 def check_partition(start: int, stop: int, num_tasks: int) -> None:
@@ -158,17 +156,6 @@ def test_bad_task_settings_name_the_input(task_id, num_tasks, env, name):
         task_from_env(task_id, num_tasks, env)
     message = str(err.value)
     assert message.startswith(f"{name}: expected") and "\n" not in message
-
-
-def test_module_prints_the_slices_for_shell_scripts():
-    out = subprocess.run([sys.executable, "-m", "vmem.slicing", "10", "21", "3"],
-                         capture_output=True, text=True, check=True).stdout
-    rows = [tuple(map(int, line.split())) for line in out.splitlines()]
-    assert rows == [(t, *task_slice(10, 21, t, 3)) for t in range(3)]
-    assert [b - a for _, a, b in rows] == [4, 4, 3]
-    bad = subprocess.run([sys.executable, "-m", "vmem.slicing", "10", "5", "3"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("vmem: error: --start/--stop")
 
 
 def test_reads_the_process_environment_by_default(monkeypatch):

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vmem.results import parse_shard_name, task_marker_name
-from vmem.slicing import task_slice
+from vmem.evaluation.run_folder import parse_score_file_name, task_marker_name
+from vmem.evaluation.slicing import task_slice
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ VMEM = REPO / ".venv" / "bin" / "vmem"
 PYTHON = REPO / ".venv" / "bin" / "python"
 # The templates ask for a GPU node; the test cluster has 2 CPUs and no GPUs.
 ON_TEST_NODE = ["--gres=none", "--cpus-per-task=1", "--mem=1G"]
-SHOW_SLICE = ("from vmem.slicing import task_from_env, task_slice; "
+SHOW_SLICE = ("from vmem.evaluation.slicing import task_from_env, task_slice; "
               "t, n = task_from_env(None, {num_tasks}); print(t, n, *task_slice(0, 10, t, n))")
 
 
@@ -165,7 +165,7 @@ def single_process_table(tiny_model_dir, tiny_dataset, tmp_path_factory) -> pd.D
 
 
 def shard_ranges(run: Path) -> list[tuple[int, int]]:
-    return sorted(p[1:] for p in map(parse_shard_name, os.listdir(run)) if p)
+    return sorted(p[1:] for p in map(parse_score_file_name, os.listdir(run)) if p)
 
 
 def assert_exactly_once(run: Path) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from vmem.errors import VmemError
 
@@ -15,7 +17,7 @@ Measure verbatim memorization of training data in language models (Biderman et a
 each training sequence's first 32 tokens are the prompt, the model continues greedily for 32
 tokens, and the score is the share that equals the true continuation (1.0 = memorized).
 Start with `vmem demo` (the whole study on a mini suite, no downloads); on real data:
-`vmem evaluate` -> `vmem merge` -> `vmem report`."""
+`vmem evaluate` -> `vmem status` (on a cluster) -> `vmem merge` -> `vmem report`."""
 
 
 def _add_data_source(p: argparse.ArgumentParser, *, dtype_alias: bool = False) -> None:
@@ -25,9 +27,17 @@ def _add_data_source(p: argparse.ArgumentParser, *, dtype_alias: bool = False) -
     flags = ["--data-dtype", "--dtype"] if dtype_alias else ["--data-dtype"]
     p.add_argument(*flags, dest="data_dtype", default=None,
                    help="token dtype of a raw .bin (default uint16)")
+    _add_s3_endpoint(p)
+    _add_sequences_per_step(p)
+
+
+def _add_s3_endpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-endpoint", default=os.environ.get("AWS_ENDPOINT_URL"),
                    help="S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
-    p.add_argument("--batch-size", type=int, default=1024,
+
+
+def _add_sequences_per_step(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sequences-per-step", "--batch-size", type=int, default=1024,
                    help="sequences per training step (Pythia: 1024)")
 
 
@@ -36,21 +46,23 @@ def _add_range(p: argparse.ArgumentParser, *, checkpoint: bool) -> None:
     p.add_argument("--stop", type=int, default=None, help="one past the last sequence index")
     if checkpoint:
         p.add_argument("--checkpoint", type=int, default=None, metavar="N",
-                       help="all sequences seen by checkpoint stepN: [0, N*batch_size)")
+                       help="all sequences seen by checkpoint stepN: "
+                            "[0, N * sequences per step)")
     else:
         p.add_argument("--step", type=int, default=None,
-                       help="the batch_size sequences of training step S")
+                       help="the sequences of training step S")
 
 
 def _add_engine(p: argparse.ArgumentParser, *, engine: str) -> None:
+    """The model, its engine and the prompt window: shared by evaluate and spot. Each dest is
+    the name of an EngineConfig or Evaluation field."""
     p.add_argument("--model", required=True, help="Hugging Face id or local model folder")
     p.add_argument("--revision", default=None,
                    help="hub revision (Pythia: stepN; default step{--checkpoint})")
     p.add_argument("--engine", choices=["auto", "vllm", "hf"], default=engine,
                    help=f"vllm, hf (transformers: starts in seconds) or auto (vLLM on GPU, "
                         f"transformers on CPU); default {engine}")
-    p.add_argument("--dtype", dest="model_dtype", default="auto",
-                   choices=["auto", "float16", "bfloat16", "float32"],
+    p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                    help="auto: float16 on GPU (as the paper); on CPU bfloat16 where the CPU "
                         "computes it natively (AMX, AVX512-BF16), else float32")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (GPUs per engine)")
@@ -93,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("-o", "--output", required=True, help="FILE.npy")
 
     ev = sub.add_parser("evaluate", parents=[common],
-                        help="score sequences for memorization into CSV shards")
+                        help="score sequences for memorization into score files")
     _add_engine(ev, engine="auto")
     ev.add_argument("--data", required=True, help="dataset path or s3:// URL")
     _add_data_source(ev)
@@ -102,17 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--logprobs", action="store_true",
                     help="also record the teacher-forced log-prob of the true continuation")
     ev.add_argument("--chunk-size", type=int, default=None,
-                    help="sequences per engine call and per durable shard")
+                    help="sequences per engine call and per durable score file")
     ev.add_argument("--task-id", type=int, default=None, help="this task's slice (0-based)")
     ev.add_argument("--num-tasks", type=int, default=None, help="how many slices in all")
     ev.add_argument("--data-parallel", type=int, default=1,
-                    help="engines on this node, each on its own sub-slice and GPU(s)")
-    # Set by --data-parallel on the child processes it starts: which sub-slice is theirs.
-    ev.add_argument("--dp-rank", type=int, default=None, help=argparse.SUPPRESS)
+                    help="engines on this node, each on its own part of the slice and GPU(s)")
     ev.add_argument("--staging-dir", default=None, help="local staging folder for --out s3://")
     ev.add_argument("--params", type=int, default=None,
                     help="parameter count to record (known for Pythia)")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--no-progress", dest="progress", action="store_false")
 
     spot = sub.add_parser("spot", parents=[common],
                           help="show prompt, truth and generation for a few sequences")
@@ -124,17 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sequence index (repeat for several)")
     spot.add_argument("--tokenizer", default=None, help="tokenizer id or path, to decode text")
 
+    st = sub.add_parser("status", parents=[common],
+                        help="print the ids of a run's unfinished task slices, one per line")
+    st.add_argument("out", help="run folder or s3://bucket/prefix (vmem evaluate --out)")
+    st.add_argument("--num-tasks", type=int, default=1, help="how many slices in all")
+    _add_range(st, checkpoint=True)
+    _add_sequences_per_step(st)
+    _add_s3_endpoint(st)
+
     mg = sub.add_parser("merge", parents=[common],
-                        help="merge a run's shards into one table, checking coverage")
+                        help="merge a run's score files into one table, checking coverage")
     mg.add_argument("run", help="run folder or s3://bucket/prefix")
     mg.add_argument("-o", "--output", required=True, help="FILE.parquet or FILE.csv")
-    mg.add_argument("--s3-endpoint", default=os.environ.get("AWS_ENDPOINT_URL"))
+    _add_s3_endpoint(mg)
 
     rp = sub.add_parser("report", parents=[common],
                         help="the paper's analyses from a folder of merged runs")
     rp.add_argument("results", help="folder (or s3://) of merged runs")
     rp.add_argument("-o", "--output", required=True, help="report folder")
-    rp.add_argument("--s3-endpoint", default=os.environ.get("AWS_ENDPOINT_URL"))
+    _add_s3_endpoint(rp)
 
     ex = sub.add_parser("export-memorized", parents=[common],
                         help="memorized sequences with their first tokens")
@@ -153,37 +171,106 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    # Imports are local so that `vmem data info` does not pay for torch/vLLM start-up.
-    if args.command == "data":
-        from vmem import data
+def _fields(cls, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
+    """The dataclass fields the flags set (a flag left unset keeps the field's default)."""
+    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if v is not None and k not in skip}
 
-        if args.data_command == "info":
-            return data.info_command(args)
-        return data.dump_command(args)
-    if args.command == "evaluate":
-        from vmem import evaluate
 
-        return evaluate.evaluate_command(args)
-    if args.command == "spot":
-        from vmem import spot
+def engine_config(args: argparse.Namespace):
+    """One EngineConfig from the shared engine flags: evaluate and spot honour every one."""
+    from vmem.evaluation.engine import EngineConfig
 
-        return spot.spot_command(args)
-    if args.command == "merge":
-        from vmem import merge
+    return EngineConfig(**_fields(EngineConfig, args, skip=("max_len",)))
 
-        return merge.merge_command(args)
-    if args.command == "report":
-        from vmem import report
 
-        return report.report_command(args)
-    if args.command == "export-memorized":
-        from vmem import report
+def _dataset(args: argparse.Namespace, path: str):
+    from vmem.io.dataset import open_dataset
 
-        return report.export_memorized_command(args)
-    from vmem import demo
+    return open_dataset(path, seq_len=args.seq_len, dtype=args.data_dtype,
+                        s3_endpoint=args.s3_endpoint)
 
-    return demo.demo_command(args)
+
+# Imports are local to each command so that `vmem status` does not pay for torch/vLLM start-up.
+
+def data_command(args: argparse.Namespace) -> None:
+    from vmem.io import dataset as datasets
+
+    found = _dataset(args, args.path)
+    if args.data_command == "info":
+        print(datasets.describe(found, args.sequences_per_step))
+        return
+    start, stop = datasets.resolve_range(found, args.start, args.stop, step=args.step,
+                                         sequences_per_step=args.sequences_per_step)
+    datasets.dump(found, start, stop, args.output)
+    print(f"wrote rows [{start}, {stop}) of {found.location} to {args.output}")
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    from vmem.evaluation.evaluate import Evaluation, evaluate
+
+    evaluate(Evaluation(engine=engine_config(args), **_fields(Evaluation, args, skip=("engine",))))
+
+
+def spot_command(args: argparse.Namespace) -> None:
+    from vmem.evaluation.spot import spot
+
+    print(spot(_dataset(args, args.data), args.index, engine_config(args),
+               prompt_len=args.prompt_len, cont_len=args.cont_len, offset=args.offset,
+               allow_eos=args.allow_eos, sequences_per_step=args.sequences_per_step,
+               tokenizer=args.tokenizer))
+
+
+def status_command(args: argparse.Namespace) -> None:
+    from vmem.evaluation.status import unfinished_tasks
+
+    start, stop = args.start, args.stop
+    if args.checkpoint is not None:
+        if args.checkpoint < 0 or args.sequences_per_step < 1:
+            raise VmemError(f"--checkpoint {args.checkpoint} --sequences-per-step "
+                            f"{args.sequences_per_step}: expected a step >= 0 and a positive "
+                            f"number of sequences")
+        start, stop = 0, args.checkpoint * args.sequences_per_step
+    todo = unfinished_tasks(args.out, args.num_tasks, start=start, stop=stop,
+                            s3_endpoint=args.s3_endpoint)
+    for task in todo:
+        print(task)
+    print(f"vmem: {len(todo)} of {args.num_tasks} task slices of {args.out} unfinished",
+          file=sys.stderr)
+
+
+def merge_command(args: argparse.Namespace) -> None:
+    from vmem.evaluation.merge import merge_run
+
+    merge_run(args.run, args.output, s3_endpoint=args.s3_endpoint)
+
+
+def report_command(args: argparse.Namespace) -> None:
+    from vmem.study.report import report
+
+    out = Path(args.output)
+    runs = report(args.results, out, s3_endpoint=args.s3_endpoint)
+    print(f"vmem report: {len(runs)} runs → {out}/report.html, report.md, tables/, figures/")
+
+
+def export_command(args: argparse.Namespace) -> None:
+    from vmem.study.export import export_memorized
+    from vmem.study.merged_runs import load_run
+
+    run = load_run(args.run, s3_endpoint=args.s3_endpoint)
+    count = export_memorized(run, _dataset(args, args.data), args.tokens, Path(args.output))
+    print(f"vmem export-memorized: {count:,} memorized sequences of {run.name} → {args.output}")
+
+
+def demo_command(args: argparse.Namespace) -> None:
+    from vmem.demo.run import DEFAULT, QUICK, run_demo
+
+    run_demo(QUICK if args.quick else DEFAULT, Path(args.out), args.engine)
+
+
+COMMANDS = {"data": data_command, "evaluate": evaluate_command, "spot": spot_command,
+            "status": status_command, "merge": merge_command, "report": report_command,
+            "export-memorized": export_command, "demo": demo_command}
 
 
 QUIET_DEFAULTS = {
@@ -212,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
         quiet_libraries()
-    args.argv = argv  # --data-parallel starts children with the same command line
     try:
-        return dispatch(args)
+        COMMANDS[args.command](args)
+        return 0
     except VmemError as err:
         print(f"vmem: error: {err}", file=sys.stderr)
         return 2

@@ -12,8 +12,8 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from vmem.analysis import ComputeFit
-from vmem.comparisons import FAMILIES
+from vmem.study.analysis import ComputeFit
+from vmem.study.comparisons import FAMILIES
 
 DPI = 110
 FAMILY_COLORS = {"A": "tab:blue", "B": "tab:orange"}

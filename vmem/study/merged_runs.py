@@ -7,11 +7,8 @@ of 146M-sequence runs fit in memory; tables are read in record batches straight 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +17,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from vmem import pythia, s3
+from vmem import pythia
 from vmem.errors import VmemError
+from vmem.evaluation.scoring import COLUMNS_IN_WORDS
+from vmem.io.location import Location, split
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 MANIFEST_SUFFIX = ".manifest.json"
-COLUMNS = "index,score,matches,prefix_match[,cont_logprob]"
 BATCH_ROWS = 1 << 20
 OTHER_SUITE = "other"  # every non-Pythia model: one suite, compared among themselves
 # A local checkpoint folder MODEL/stepN (as `vmem demo` saves them) is a checkpoint of MODEL.
@@ -72,7 +70,10 @@ class Run:
 
 def find_runs(results: str, *, s3_endpoint: str | None = None) -> list[RunFiles]:
     """The merged runs in a folder or s3:// prefix, by name; every table needs its manifest."""
-    names = _list_names(results, s3_endpoint)
+    folder = Location(results, s3_endpoint=s3_endpoint)
+    if not folder.is_folder():
+        raise VmemError(f"{results}: not a folder of merged runs")
+    names = set(folder.files())
     tables = sorted(n for n in names if n.endswith(TABLE_SUFFIXES))
     if not tables:
         raise VmemError(f"{results}: no merged runs (NAME.parquet or NAME.csv with "
@@ -85,9 +86,9 @@ def find_runs(results: str, *, s3_endpoint: str | None = None) -> list[RunFiles]
                             "keep one table per run")
         seen[stem] = table
         if stem + MANIFEST_SUFFIX not in names:
-            raise VmemError(f"{_join(results, table)}: no manifest beside it; expected "
-                            f"{_join(results, stem + MANIFEST_SUFFIX)} (vmem merge writes it)")
-        runs.append(RunFiles(stem, _join(results, table), _join(results, stem + MANIFEST_SUFFIX)))
+            raise VmemError(f"{folder.join(table)}: no manifest beside it; expected "
+                            f"{folder.join(stem + MANIFEST_SUFFIX)} (vmem merge writes it)")
+        runs.append(RunFiles(stem, folder.join(table), folder.join(stem + MANIFEST_SUFFIX)))
     return runs
 
 
@@ -107,7 +108,8 @@ def load_run(table: str, *, s3_endpoint: str | None = None) -> Run:
         raise VmemError(f"{table}: expected a merged run table NAME.parquet or NAME.csv")
     manifest_path = manifest_beside(table)
     run = _run_from_manifest(_read_manifest(manifest_path, s3_endpoint), manifest_path, table)
-    with _local_copy(table, s3_endpoint) as path:
+    folder, name = split(table, s3_endpoint=s3_endpoint)
+    with folder.local_file(name) as path:
         _fill_arrays(run, path, logprobs=run.cont_logprob is not None)
     return run
 
@@ -140,7 +142,7 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
         suite=pythia.suite_of(model) or OTHER_SUITE,
         step=None if step is None else int(step), params=None if params is None else int(params),
         start=start, stop=stop, cont_len=cont_len,
-        sequences_per_step=int(settings.get("batch_size") or pythia.SEQUENCES_PER_STEP),
+        sequences_per_step=int(settings.get("sequences_per_step") or pythia.SEQUENCES_PER_STEP),
         tokens_per_sequence=int(data.get("seq_len") or pythia.TOKENS_PER_SEQUENCE + 1) - 1,
         matches=np.empty(stop - start, dtype=np.uint8),
         cont_logprob=np.empty(stop - start, dtype=np.float32) if settings.get("logprobs")
@@ -197,7 +199,8 @@ def _record_batches(path: str, columns: list[str], where: str) -> Iterator[pa.Re
 def _require_columns(found: list[str], needed: list[str], where: str) -> None:
     missing = [c for c in needed if c not in found]
     if missing:
-        raise VmemError(f"{where}: missing column(s) {', '.join(missing)}; expected {COLUMNS}")
+        raise VmemError(f"{where}: missing column(s) {', '.join(missing)}; expected "
+                        f"{COLUMNS_IN_WORDS}")
 
 
 def _column(batch: pa.RecordBatch, name: str, where: str) -> np.ndarray:
@@ -210,49 +213,14 @@ def _column(batch: pa.RecordBatch, name: str, where: str) -> np.ndarray:
 
 
 def _read_manifest(path: str, s3_endpoint: str | None) -> dict:
-    try:
-        if s3.is_s3(path):
-            bucket, key = s3.parse_s3_url(path)
-            text = s3.get_bytes(s3.client(s3_endpoint), bucket, key).decode("utf-8")
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-        manifest = json.loads(text)
-    except FileNotFoundError:
+    folder, name = split(path, s3_endpoint=s3_endpoint)
+    if not folder.exists(name):
         raise VmemError(f"{path}: no manifest; a merged run needs NAME{MANIFEST_SUFFIX} "
-                        "beside its table") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                        "beside its table")
+    try:
+        manifest = json.loads(folder.read_bytes(name).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise VmemError(f"{path}: not a readable JSON manifest ({err})") from None
     if not isinstance(manifest, dict):
         raise VmemError(f"{path}: expected a JSON object")
     return manifest
-
-
-@contextmanager
-def _local_copy(table: str, s3_endpoint: str | None) -> Iterator[str]:
-    """The table as a local path: itself, or a temporary download of an s3:// object."""
-    if not s3.is_s3(table):
-        if not os.path.isfile(table):
-            raise VmemError(f"{table}: no such file")
-        yield table
-        return
-    bucket, key = s3.parse_s3_url(table)
-    with tempfile.TemporaryDirectory(prefix="vmem-run-") as tmp:
-        path = os.path.join(tmp, Path(key).name)
-        s3.download_file(s3.client(s3_endpoint), bucket, key, path)
-        yield path
-
-
-def _list_names(results: str, s3_endpoint: str | None) -> set[str]:
-    """File names directly inside a folder or s3:// prefix."""
-    if s3.is_s3(results):
-        bucket, prefix = s3.parse_s3_url(results)
-        prefix = prefix.rstrip("/") + "/" if prefix else ""
-        keys = s3.list_objects(s3.client(s3_endpoint), bucket, prefix, recursive=False)
-        return {key[len(prefix):] for key in keys}
-    if not os.path.isdir(results):
-        raise VmemError(f"{results}: not a folder of merged runs")
-    return {e.name for e in os.scandir(results) if e.is_file()}
-
-
-def _join(folder: str, name: str) -> str:
-    return folder.rstrip("/") + "/" + name if s3.is_s3(folder) else os.path.join(folder, name)

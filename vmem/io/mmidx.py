@@ -8,18 +8,16 @@ is a plain N x seq_len matrix and sequence i starts at byte i * seq_len * itemsi
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 import struct
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 
 from vmem.errors import VmemError
+from vmem.io.atomic import atomic_path
+from vmem.io.location import ReadBytes
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -38,7 +36,6 @@ CODES = {dtype: code for code, dtype in DTYPES.items()}
 ENTRIES_PER_BLOCK = 1 << 20  # sizes/pointers are checked this many at a time (12 MiB)
 SAMPLED_BLOCKS = 8  # blocks checked when reading every entry is too costly (an index on S3)
 
-ReadBytes = Callable[[int, int], np.ndarray]  # (start, stop) byte offsets -> uint8 array
 
 
 @dataclass(frozen=True)
@@ -124,42 +121,6 @@ def index_bytes(num_sequences: int, seq_len: int, dtype: np.dtype) -> bytes:
     documents = np.arange(n + 1, dtype="<i8")  # one document per sequence, as Megatron writes
     header = HEADER.pack(MAGIC, VERSION, CODES[dtype], n, n + 1)
     return header + sizes.tobytes() + pointers.tobytes() + documents.tobytes()
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary name beside `path` (its folder made if need be); on success fsync it and
-    rename it to `path`.
-
-    A reader (or a crash) therefore sees the whole file or none of it; on error the temporary
-    file is removed, and a full disk is one VmemError naming the file and the space left.
-    """
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if _disk_full(err):
-            free = shutil.disk_usage(os.path.dirname(path) or ".").free
-            raise VmemError(f"{path}: no space left on its disk ({free / 2**20:.1f} MiB free); "
-                            f"nothing was written") from None
-        raise
-
-
-def _disk_full(err: BaseException) -> bool:
-    """ENOSPC/EDQUOT, also as pyarrow reports it (an OSError whose text carries the errno)."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(err, OSError) and "No space left on device" in str(err)
 
 
 def _checked_rows(rows: np.ndarray) -> np.ndarray:

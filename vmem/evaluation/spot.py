@@ -6,29 +6,16 @@ import dataclasses
 
 import numpy as np
 
-from vmem.data import check_window, open_dataset
-from vmem.engine import EngineConfig, build_engine
+from vmem import pythia
 from vmem.errors import VmemError
-from vmem.scoring import score_batch
+from vmem.evaluation.engine import EngineConfig, build_engine
+from vmem.evaluation.scoring import score_batch
+from vmem.io.dataset import Dataset, check_window
 
 
-def spot_command(args) -> int:
-    engine = EngineConfig(
-        model=args.model, revision=args.revision, engine=args.engine, dtype=args.model_dtype,
-        tp=args.tp, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, memory_share=args.memory_share,
-        enforce_eager=args.enforce_eager, download_dir=args.download_dir, seed=args.seed,
-    )
-    dataset = open_dataset(args.data, seq_len=args.seq_len, dtype=args.data_dtype,
-                           s3_endpoint=args.s3_endpoint)
-    print(spot(dataset, args.index, engine, prompt_len=args.prompt_len, cont_len=args.cont_len,
-               offset=args.offset, allow_eos=args.allow_eos, batch_size=args.batch_size,
-               tokenizer=args.tokenizer))
-    return 0
-
-
-def spot(dataset, indices: list[int], engine_config: EngineConfig, *, prompt_len: int = 32,
-         cont_len: int = 32, offset: int = 0, allow_eos: bool = False, batch_size: int = 1024,
+def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
+         prompt_len: int = 32, cont_len: int = 32, offset: int = 0, allow_eos: bool = False,
+         sequences_per_step: int = pythia.SEQUENCES_PER_STEP,
          tokenizer: str | None = None) -> str:
     """The report text for `indices`; token ids always, decoded text when a tokenizer loads."""
     for index in indices:
@@ -48,7 +35,7 @@ def spot(dataset, indices: list[int], engine_config: EngineConfig, *, prompt_len
         marked = " ".join(str(g) if g == t else f"[{g}]"
                           for g, t in zip(generated[k], truth[k], strict=True))
         lines = [
-            f"sequence {index} (training step {index // batch_size}): score "
+            f"sequence {index} (training step {index // sequences_per_step}): score "
             f"{matches[k] / cont_len:.5f} ({matches[k]}/{cont_len} positions), prefix match "
             f"{prefix[k]}",
             f"  prompt     {' '.join(map(str, prompts[k]))}",

@@ -8,9 +8,7 @@ touches only the rows it asks for.
 
 from __future__ import annotations
 
-import argparse
 import os
-import posixpath
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -20,8 +18,10 @@ from itertools import accumulate, islice
 
 import numpy as np
 
-from vmem import mmidx, s3
 from vmem.errors import VmemError
+from vmem.io import mmidx
+from vmem.io.atomic import atomic_path
+from vmem.io.location import Location, ReadBytes, split
 from vmem.pythia import SEQUENCES_PER_STEP
 
 RAW_SEQ_LEN = 2049  # Pythia's rows: 2048 inputs + 1 shifted target
@@ -31,54 +31,13 @@ DUMP_ROWS = 4096  # rows copied at a time by `vmem data dump`
 _SHARD = re.compile(r"^(?P<name>.+)-(?P<number>\d{5})-of-(?P<last>\d{5})\.bin$")
 
 
-# --- where the bytes are: the local file system or S3 -------------------------------------------
-
-class _LocalStore:
-    every_entry = True  # reading a whole local .idx to validate it is cheap enough
-
-    def files(self, folder: str) -> dict[str, int]:
-        """Name → size of the files directly in `folder` ({} if there is no such folder)."""
-        try:
-            with os.scandir(folder) as entries:
-                return {e.name: e.stat().st_size for e in entries if e.is_file()}
-        except (FileNotFoundError, NotADirectoryError):
-            return {}
-        except OSError as err:
-            raise VmemError(f"{folder}: cannot list the folder ({err.strerror})") from None
-
-    def reader(self, path: str) -> mmidx.ReadBytes:
-        try:
-            mapped = np.memmap(path, dtype=np.uint8, mode="r")
-        except OSError as err:
-            raise VmemError(f"{path}: cannot read ({err.strerror})") from None
-        return lambda start, stop: mapped[start:stop]
-
-
-class _S3Store:
-    every_entry = False  # Pythia's .idx is 1.75 GB: check a sample of it (see mmidx.read_index)
-
-    def __init__(self, endpoint: str | None):
-        self.client = s3.client(endpoint)
-
-    def files(self, folder: str) -> dict[str, int]:
-        bucket, key = s3.parse_s3_url(folder)
-        prefix = key.rstrip("/") + "/" if key.rstrip("/") else ""
-        listing = s3.list_objects(self.client, bucket, prefix, recursive=False)
-        return {k[len(prefix):]: size for k, size in listing.items()}
-
-    def reader(self, path: str) -> mmidx.ReadBytes:
-        bucket, key = s3.parse_s3_url(path)
-        return lambda start, stop: np.frombuffer(
-            s3.get_range(self.client, bucket, key, start, stop), dtype=np.uint8)
-
-
 # --- the dataset ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class _Piece:
     path: str
     size: int
-    read: mmidx.ReadBytes
+    read: ReadBytes
 
 
 @dataclass(eq=False)
@@ -118,81 +77,78 @@ def open_dataset(path: str | os.PathLike, *, seq_len: int | None = None,
                  dtype: str | np.dtype | None = None, s3_endpoint: str | None = None) -> Dataset:
     """Open a merged prefix (`P`, `P.bin`, `P.idx`), a shard, a folder of shards + `.idx`, or,
     when `seq_len` or `dtype` is given, a headerless raw `.bin`; locally or at `s3://`."""
-    path = os.fspath(path)
-    if s3.is_s3(path):
-        store = _S3Store(s3_endpoint)
-        bucket, key = s3.parse_s3_url(path)
-        path = s3.s3_url(bucket, key.rstrip("/"))  # the bucket itself keeps its "/": a folder
-    else:
-        store = _LocalStore()
-        path = os.path.abspath(os.path.expanduser(path))
+    folder, name = split(path, s3_endpoint=s3_endpoint)
     if seq_len is not None or dtype is not None:
-        return _open_raw(store, path, RAW_SEQ_LEN if seq_len is None else seq_len,
+        return _open_raw(folder, name, RAW_SEQ_LEN if seq_len is None else seq_len,
                          RAW_DTYPE if dtype is None else dtype)
-    folder, name = posixpath.split(path)
     if name:
         if shard := _SHARD.match(name):
-            return _open_sharded(store, folder, shard["name"], int(shard["last"]))
+            return _open_sharded(folder, shard["name"], int(shard["last"]))
         if name.endswith((".bin", ".idx")):
-            return _open_merged(store, folder, name[:-4])
-        listing = store.files(folder)
+            return _open_merged(folder, name[:-4])
+        listing = folder.files()
         if name + ".idx" in listing or name + ".bin" in listing:
-            return _open_merged(store, folder, name, listing)
-    inside = store.files(path)  # a folder: one shard set, or one merged pair
+            return _open_merged(folder, name, listing)
+        folder = folder.child(name)
+    inside = folder.files()  # a folder: one shard set, or one merged pair
     sets = sorted({(m["name"], int(m["last"])) for m in map(_SHARD.match, inside) if m})
     if len(sets) > 1:
         names = ", ".join(mmidx.shard_name(n, 0, last) for n, last in sets)
-        raise VmemError(f"{path}: holds several shard sets ({names}); name one shard of them")
+        raise VmemError(f"{folder.url}: holds several shard sets ({names}); name one shard of "
+                        f"them")
     if sets:
-        return _open_sharded(store, path, *sets[0], inside)
+        return _open_sharded(folder, *sets[0], inside)
     indexes = [n for n in inside if n.endswith(".idx")]
     if len(indexes) == 1:
-        return _open_merged(store, path, indexes[0][:-4], inside)
-    raise VmemError(f"{path}: no dataset found (expected PREFIX.bin + PREFIX.idx, a folder of "
-                    f"document-NNNNN-of-LLLLL.bin shards with document.idx, or --seq-len for a "
+        return _open_merged(folder, indexes[0][:-4], inside)
+    raise VmemError(f"{folder.url}: no dataset found (expected PREFIX.bin + PREFIX.idx, a folder "
+                    f"of document-NNNNN-of-LLLLL.bin shards with document.idx, or --seq-len for a "
                     f"headerless .bin)")
 
 
-def _read_index(store, path: str, size: int) -> mmidx.Index:
-    return mmidx.read_index(store.reader(path), size, path, every_entry=store.every_entry)
+def _read_index(folder: Location, name: str, size: int) -> mmidx.Index:
+    # Pythia's .idx is 1.75 GB: on S3 a sample of its entries is checked (see mmidx.read_index).
+    return mmidx.read_index(folder.reader(name), size, folder.join(name),
+                            every_entry=not folder.remote)
 
 
-def _open_merged(store, folder: str, name: str, listing: dict[str, int] | None = None) -> Dataset:
-    listing = store.files(folder) if listing is None else listing
-    idx_path, bin_path = (posixpath.join(folder, name + ext) for ext in (".idx", ".bin"))
-    for path in (idx_path, bin_path):
-        if posixpath.basename(path) not in listing:
+def _open_merged(folder: Location, name: str, listing: dict[str, int] | None = None) -> Dataset:
+    listing = folder.files() if listing is None else listing
+    idx_name, bin_name = name + ".idx", name + ".bin"
+    idx_path, bin_path = folder.join(idx_name), folder.join(bin_name)
+    for file, path in ((idx_name, idx_path), (bin_name, bin_path)):
+        if file not in listing:
             raise VmemError(f"{path}: not found (a merged dataset is PREFIX.bin + PREFIX.idx; "
                             f"for a headerless .bin give --seq-len)")
-    index = _read_index(store, idx_path, listing[name + ".idx"])
-    size = listing[name + ".bin"]
+    index = _read_index(folder, idx_name, listing[idx_name])
+    size = listing[bin_name]
     if size != index.data_bytes:
         hint = " (truncated download?)" if size < index.data_bytes else ""
         raise VmemError(f"{bin_path}: {size} bytes, but {idx_path} describes "
                         f"{index.num_sequences} sequences x {index.seq_len} tokens x "
                         f"{index.dtype.itemsize} bytes = {index.data_bytes} bytes{hint}")
-    return Dataset("merged", posixpath.join(folder, name), [idx_path, bin_path],
+    return Dataset("merged", folder.join(name), [idx_path, bin_path],
                    index.num_sequences, index.seq_len, index.dtype,
-                   [_Piece(bin_path, size, store.reader(bin_path))])
+                   [_Piece(bin_path, size, folder.reader(bin_name))])
 
 
-def _open_sharded(store, folder: str, name: str, last: int,
+def _open_sharded(folder: Location, name: str, last: int,
                   listing: dict[str, int] | None = None) -> Dataset:
-    listing = store.files(folder) if listing is None else listing
-    idx_path = posixpath.join(folder, name + ".idx")
+    listing = folder.files() if listing is None else listing
+    idx_path = folder.join(name + ".idx")
     if name + ".idx" not in listing:
         raise VmemError(f"{idx_path}: not found (the shards {mmidx.shard_name(name, 0, last)} "
                         f"... need it beside them)")
     shards = [mmidx.shard_name(name, k, last) for k in range(last + 1)]
     missing = [s for s in shards if s not in listing]
     if missing:
-        raise VmemError(f"{posixpath.join(folder, missing[0])}: missing from the shard set "
+        raise VmemError(f"{folder.join(missing[0])}: missing from the shard set "
                         f"({len(missing)} of {last + 1} shards missing)")
-    index = _read_index(store, idx_path, listing[name + ".idx"])
+    index = _read_index(folder, name + ".idx", listing[name + ".idx"])
     shard_bytes = listing[shards[0]]  # every shard but the last has shard 0's size
     for shard in shards[1:-1]:
         if listing[shard] != shard_bytes:
-            raise VmemError(f"{posixpath.join(folder, shard)}: {listing[shard]} bytes, but "
+            raise VmemError(f"{folder.join(shard)}: {listing[shard]} bytes, but "
                             f"{shards[0]} has {shard_bytes}; every shard but the last must "
                             f"have the same size")
     last_bytes = index.data_bytes - last * shard_bytes
@@ -202,16 +158,15 @@ def _open_sharded(store, folder: str, name: str, last: int,
                         f"cannot hold exactly")
     if listing[shards[-1]] != last_bytes:
         hint = " (truncated download?)" if listing[shards[-1]] < last_bytes else ""
-        raise VmemError(f"{posixpath.join(folder, shards[-1])}: {listing[shards[-1]]} bytes, "
+        raise VmemError(f"{folder.join(shards[-1])}: {listing[shards[-1]]} bytes, "
                         f"expected {last_bytes} to complete the {index.data_bytes} bytes "
                         f"{idx_path} describes{hint}")
-    paths = [posixpath.join(folder, s) for s in shards]
-    return Dataset("sharded", folder, [idx_path, *paths], index.num_sequences, index.seq_len,
-                   index.dtype, [_Piece(p, listing[s], store.reader(p))
-                                 for p, s in zip(paths, shards, strict=True)])
+    return Dataset("sharded", folder.url, [idx_path, *map(folder.join, shards)],
+                   index.num_sequences, index.seq_len, index.dtype,
+                   [_Piece(folder.join(s), listing[s], folder.reader(s)) for s in shards])
 
 
-def _open_raw(store, path: str, seq_len: int, dtype: str | np.dtype) -> Dataset:
+def _open_raw(folder: Location, name: str, seq_len: int, dtype: str | np.dtype) -> Dataset:
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -220,7 +175,8 @@ def _open_raw(store, path: str, seq_len: int, dtype: str | np.dtype) -> Dataset:
         raise VmemError(f"--data-dtype {dtype}: token ids need an integer dtype (e.g. uint16)")
     if seq_len <= 0:
         raise VmemError(f"--seq-len {seq_len}: must be a positive number of tokens")
-    size = store.files(posixpath.dirname(path)).get(posixpath.basename(path))
+    path = folder.join(name)
+    size = folder.files().get(name)
     if size is None:
         raise VmemError(f"{path}: not found (a raw dataset is one headerless .bin file)")
     row_bytes = seq_len * dtype.itemsize
@@ -229,39 +185,40 @@ def _open_raw(store, path: str, seq_len: int, dtype: str | np.dtype) -> Dataset:
                         f"{dtype} tokens ({row_bytes} bytes each); check --seq-len and "
                         f"--data-dtype")
     return Dataset("raw", path, [path], size // row_bytes, seq_len, dtype,
-                   [_Piece(path, size, store.reader(path))])
+                   [_Piece(path, size, folder.reader(name))])
 
 
 # --- training steps ↔ sequence indices -----------------------------------------------------------
 
-def _check_step(step: int, batch_size: int) -> None:
-    if batch_size <= 0:
-        raise VmemError(f"--batch-size {batch_size}: must be a positive number of sequences")
+def _check_step(step: int, sequences_per_step: int) -> None:
+    if sequences_per_step <= 0:
+        raise VmemError(f"--sequences-per-step {sequences_per_step}: must be a positive number "
+                        f"of sequences")
     if step < 0:
         raise VmemError(f"step {step}: training steps are numbered from 0")
 
 
-def checkpoint_range(step: int, batch_size: int = SEQUENCES_PER_STEP) -> tuple[int, int]:
-    """The sequences checkpoint `step<step>` has seen: [0, step * batch_size)."""
-    _check_step(step, batch_size)
-    return 0, step * batch_size
+def checkpoint_range(step: int, sequences_per_step: int = SEQUENCES_PER_STEP) -> tuple[int, int]:
+    """The sequences checkpoint `step<step>` has seen: [0, step * sequences_per_step)."""
+    _check_step(step, sequences_per_step)
+    return 0, step * sequences_per_step
 
 
-def step_range(step: int, batch_size: int = SEQUENCES_PER_STEP) -> tuple[int, int]:
+def step_range(step: int, sequences_per_step: int = SEQUENCES_PER_STEP) -> tuple[int, int]:
     """The sequences trained at `step`."""
-    _check_step(step, batch_size)
-    return step * batch_size, (step + 1) * batch_size
+    _check_step(step, sequences_per_step)
+    return step * sequences_per_step, (step + 1) * sequences_per_step
 
 
-def step_of(index: int, batch_size: int = SEQUENCES_PER_STEP) -> int:
+def step_of(index: int, sequences_per_step: int = SEQUENCES_PER_STEP) -> int:
     """The step at which sequence `index` was trained."""
-    _check_step(0, batch_size)
-    return index // batch_size
+    _check_step(0, sequences_per_step)
+    return index // sequences_per_step
 
 
 def resolve_range(dataset: Dataset, start: int | None, stop: int | None, step: int | None = None,
                   checkpoint: int | None = None,
-                  batch_size: int = SEQUENCES_PER_STEP) -> tuple[int, int]:
+                  sequences_per_step: int = SEQUENCES_PER_STEP) -> tuple[int, int]:
     """The index range that --start/--stop, --step or --checkpoint select, checked against the
     dataset. With --step or --checkpoint, --start/--stop may narrow the range inside it."""
     if step is not None and checkpoint is not None:
@@ -270,8 +227,8 @@ def resolve_range(dataset: Dataset, start: int | None, stop: int | None, step: i
         flag = f"--step {step}" if step is not None else f"--checkpoint {checkpoint}"
         if (step if step is not None else checkpoint) < 0:
             raise VmemError(f"{flag}: training steps are numbered from 0")
-        low, high = (step_range(step, batch_size) if step is not None
-                     else checkpoint_range(checkpoint, batch_size))
+        low, high = (step_range(step, sequences_per_step) if step is not None
+                     else checkpoint_range(checkpoint, sequences_per_step))
         start = low if start is None else start
         stop = high if stop is None else stop
         if not low <= start <= stop <= high:
@@ -311,26 +268,26 @@ def check_window(dataset: Dataset, prompt_len: int, cont_len: int, offset: int) 
                         f"{dataset.location}")
 
 
-def iter_batches(dataset: Dataset, start: int, stop: int, *, batch_size: int,
+def iter_batches(dataset: Dataset, start: int, stop: int, *, rows: int,
                  prompt_len: int = 32, cont_len: int = 32, offset: int = 0,
                  prefetch: int = 2) -> Iterator[Batch]:
-    """Batches of `batch_size` sequences over [start, stop) in order (the last may be short),
-    read up to `prefetch` batches ahead by background threads."""
+    """Batches of `rows` sequences over [start, stop) in order (the last may be short), read up
+    to `prefetch` batches ahead by background threads."""
     check_window(dataset, prompt_len, cont_len, offset)
     end = offset + prompt_len + cont_len
-    if batch_size < 1:
-        raise VmemError(f"batch size {batch_size}: must be at least 1")
+    if rows < 1:
+        raise VmemError(f"{rows} rows per batch: must be at least 1")
     if not 0 <= start <= stop <= dataset.num_sequences:
         raise VmemError(f"[{start}, {stop}) is outside {dataset.location}, which has sequences "
                         f"[0, {dataset.num_sequences})")
 
     def load(first: int) -> Batch:
-        rows = dataset._rows(first, min(first + batch_size, stop))
-        return Batch(np.arange(first, first + len(rows), dtype=np.int64),
-                     np.array(rows[:, offset:offset + prompt_len], dtype=np.int64),
-                     np.array(rows[:, offset + prompt_len:end], dtype=np.int64))
+        window = dataset._rows(first, min(first + rows, stop))
+        return Batch(np.arange(first, first + len(window), dtype=np.int64),
+                     np.array(window[:, offset:offset + prompt_len], dtype=np.int64),
+                     np.array(window[:, offset + prompt_len:end], dtype=np.int64))
 
-    return _prefetched(load, range(start, stop, batch_size), max(1, prefetch))
+    return _prefetched(load, range(start, stop, rows), max(1, prefetch))
 
 
 def _prefetched(load: Callable[[int], Batch], firsts: range, depth: int) -> Iterator[Batch]:
@@ -349,46 +306,36 @@ def _prefetched(load: Callable[[int], Batch], firsts: range, depth: int) -> Iter
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-# --- `vmem data info` and `vmem data dump` -------------------------------------------------------
+# --- what `vmem data info` shows and `vmem data dump` writes -------------------------------------
 
-def _open_from_args(args: argparse.Namespace) -> Dataset:
-    return open_dataset(args.path, seq_len=args.seq_len, dtype=args.data_dtype,
-                        s3_endpoint=args.s3_endpoint)
-
-
-def info_command(args: argparse.Namespace) -> int:
-    dataset = _open_from_args(args)
-    _check_step(0, args.batch_size)
-    steps, rest = divmod(dataset.num_sequences, args.batch_size)
-    covered = f"{steps:,} full steps of {args.batch_size} sequences"
+def describe(dataset: Dataset, sequences_per_step: int = SEQUENCES_PER_STEP) -> str:
+    _check_step(0, sequences_per_step)
+    steps, rest = divmod(dataset.num_sequences, sequences_per_step)
+    covered = f"{steps:,} full steps of {sequences_per_step} sequences"
     if rest:
         covered += f", and {rest} sequences of step {steps}"
     shards = len(dataset.pieces)
-    print(f"location   {dataset.location}")
-    print(f"layout     {dataset.layout}" + (f" ({shards} shards)" if shards > 1 else ""))
-    print(f"sequences  {dataset.num_sequences:,}")
-    print(f"seq_len    {dataset.seq_len}")
-    print(f"dtype      {dataset.dtype}")
-    print(f"steps      {covered}")
+    lines = [f"location   {dataset.location}",
+             f"layout     {dataset.layout}" + (f" ({shards} shards)" if shards > 1 else ""),
+             f"sequences  {dataset.num_sequences:,}",
+             f"seq_len    {dataset.seq_len}",
+             f"dtype      {dataset.dtype}",
+             f"steps      {covered}"]
     files = dataset.files
     if len(files) > 5:  # the .idx, the first two shards, the last
         files = [*files[:3], f"... {len(files) - 4} more", files[-1]]
-    for i, path in enumerate(files):
-        print(f"{'files' if i == 0 else '':10} {path}")
-    return 0
+    lines += [f"{'files' if i == 0 else '':10} {path}" for i, path in enumerate(files)]
+    return "\n".join(lines)
 
 
-def dump_command(args: argparse.Namespace) -> int:
-    output = args.output
+def dump(dataset: Dataset, start: int, stop: int, output: str) -> None:
+    """Rows [start, stop) as a 2-D .npy file, written atomically."""
     if not output.endswith(".npy"):
         raise VmemError(f"-o {output}: expected a local FILE.npy")
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise VmemError(f"-o {output}: the folder {folder} does not exist")
-    dataset = _open_from_args(args)
-    start, stop = resolve_range(dataset, args.start, args.stop, step=args.step,
-                                batch_size=args.batch_size)
-    with mmidx.atomic_path(output) as tmp:
+    with atomic_path(output) as tmp:
         rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dataset.dtype,
                                          shape=(stop - start, dataset.seq_len))
         for first in range(start, stop, DUMP_ROWS):
@@ -396,5 +343,3 @@ def dump_command(args: argparse.Namespace) -> int:
             rows[first - start:last - start] = dataset._rows(first, last)
         rows.flush()
         del rows  # unmap before the file is synced and renamed
-    print(f"wrote rows [{start}, {stop}) of {dataset.location} to {output}")
-    return 0

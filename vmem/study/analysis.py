@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vmem.comparisons import Comparison
 from vmem.errors import VmemError
-from vmem.runs import Run
+from vmem.evaluation.scoring import is_memorized
+from vmem.study.comparisons import Comparison
+from vmem.study.merged_runs import Run
 
 CHUNK = 1 << 22  # sequences per vectorised pass: bounds the temporaries to a few tens of MB
 
@@ -92,8 +93,8 @@ def confusion(cheap: Run, target: Run) -> Confusion:
     start, stop = overlap(cheap, target)
     both = by_cheap = by_target = 0
     for a, b in _chunks(start, stop):
-        c = cheap.matches[a - cheap.start:b - cheap.start] == cheap.cont_len
-        t = target.matches[a - target.start:b - target.start] == target.cont_len
+        c = is_memorized(cheap.matches[a - cheap.start:b - cheap.start], cheap.cont_len)
+        t = is_memorized(target.matches[a - target.start:b - target.start], target.cont_len)
         both += np.count_nonzero(c & t)
         by_cheap += np.count_nonzero(c)
         by_target += np.count_nonzero(t)
@@ -265,7 +266,7 @@ def logprob_tables(runs: list[Run], bins: int = 40) -> tuple[pd.DataFrame, pd.Da
     for run in runs:
         if run.cont_logprob is None:
             continue
-        memorized = run.matches == run.cont_len
+        memorized = is_memorized(run.matches, run.cont_len)
         finite = run.cont_logprob[np.isfinite(run.cont_logprob)]
         edges = np.histogram_bin_edges(finite, bins=bins) if finite.size else np.array([0.0, 1.0])
         for group, mask in (("memorized", memorized), ("not memorized", ~memorized)):

@@ -1,10 +1,12 @@
 """`vmem demo`: the whole study end to end on a laptop CPU, as a worked example of vmem's API.
 
 1. corpus   — standard-library text → BPE tokens → sequences, written with `mmidx.write_sharded`
-2. train    — a mini GPT-NeoX suite, saved as DIR/models/SIZE/stepN/ (vmem.minisuite)
+              (vmem.demo.corpus)
+2. train    — a mini GPT-NeoX suite, saved as DIR/models/SIZE/stepN/ (vmem.demo.suite)
 3. evaluate — every (size, checkpoint) on the sequences it has seen, with `evaluate.evaluate`,
               then `merge.merge_run` into DIR/results/
 4. report   — `report.write_report` into DIR/report/, plus the duplication analysis
+              (vmem.demo.duplication)
 
 Rerunning with the same DIR reuses what is finished: the corpus, trained models, evaluated chunks
 (evaluate resumes by itself) and merged runs; the report is rewritten (it takes seconds).
@@ -23,38 +25,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vmem import minicorpus, minisuite
-from vmem.data import open_dataset
-from vmem.document import Document
-from vmem.engine import EngineConfig, choose_engine
+from vmem.demo import corpus as minicorpus
+from vmem.demo import suite as minisuite
+from vmem.demo.duplication import duplication_section
 from vmem.errors import VmemError
-from vmem.evaluate import Evaluation, evaluate
-from vmem.merge import merge_run
-from vmem.mmidx import atomic_path
-from vmem.report import write_report
-from vmem.runs import Run, load_runs
+from vmem.evaluation.engine import EngineConfig, choose_engine
+from vmem.evaluation.evaluate import Evaluation, evaluate
+from vmem.evaluation.merge import merge_run
+from vmem.io.atomic import atomic_path
+from vmem.io.dataset import open_dataset
+from vmem.study.merged_runs import load_runs
+from vmem.study.report import write_report
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     corpus: minicorpus.CorpusConfig
     sizes: tuple[str, ...]  # names in minisuite.SHAPES
-    batch_size: int  # sequences per training step
+    sequences_per_step: int
     checkpoints: tuple[float, ...]  # as shares of training; the last (1.0) is the final one
 
 
 # ~1,900 sequences of 64+1 tokens, stored as 3 epochs: ~350 training steps of 16 sequences.
 CORPUS = minicorpus.CorpusConfig(chars=360_000, codec_share=0.3, head_chars=3000, vocab=2048,
                                  seq_len=65, epochs=3, shards=4)
-DEFAULT = DemoConfig(CORPUS, ("0.2m", "1m", "4m"), batch_size=16, checkpoints=(2 / 3, 1.0))
+DEFAULT = DemoConfig(CORPUS, ("0.2m", "1m", "4m"), sequences_per_step=16,
+                     checkpoints=(2 / 3, 1.0))
 # --quick: the default suite without its largest size, on the same data (so the same weights),
 # evaluated the same way.
-QUICK = DemoConfig(CORPUS, ("0.2m", "1m"), batch_size=16, checkpoints=(2 / 3, 1.0))
-
-
-def demo_command(args) -> int:
-    run_demo(QUICK if args.quick else DEFAULT, Path(args.out), args.engine)
-    return 0
+QUICK = DemoConfig(CORPUS, ("0.2m", "1m"), sequences_per_step=16, checkpoints=(2 / 3, 1.0))
 
 
 def run_demo(config: DemoConfig, out: Path, engine: str) -> None:
@@ -69,15 +68,16 @@ def run_demo(config: DemoConfig, out: Path, engine: str) -> None:
     stage(1, "corpus: Python's standard library → tokens → sequences")
     data = build_data(config, out)
     dataset = open_dataset(data)
-    steps = dataset.num_sequences // config.batch_size
+    per_step = config.sequences_per_step
+    steps = dataset.num_sequences // per_step
     checkpoints = tuple(round(share * steps) for share in config.checkpoints)
     print(f"  {dataset.num_sequences:,} sequences of {dataset.seq_len} tokens in "
-          f"{len(dataset.files)} files ({dataset.layout}); {steps} steps of "
-          f"{config.batch_size}; checkpoints {', '.join(f'step{s}' for s in checkpoints)}")
+          f"{len(dataset.files)} files ({dataset.layout}); {steps} steps of {per_step}; "
+          f"checkpoints {', '.join(f'step{s}' for s in checkpoints)}")
 
     stage(2, f"train: GPT-NeoX sizes {', '.join(config.sizes)} on the stored order")
     training = minisuite.Training(data=data, tokenizer=str(out / "tokenizer"),
-                                  vocab=config.corpus.vocab, batch_size=config.batch_size,
+                                  vocab=config.corpus.vocab, sequences_per_step=per_step,
                                   steps=steps, checkpoints=checkpoints, seed=config.corpus.seed)
     minisuite.train_suite(list(config.sizes), training, out / "models")
 
@@ -90,7 +90,7 @@ def run_demo(config: DemoConfig, out: Path, engine: str) -> None:
         torch.set_num_threads(1)
     for size in config.sizes:
         for step in checkpoints:
-            evaluate_checkpoint(out, data, size, step, config.batch_size, engine)
+            evaluate_checkpoint(out, data, size, step, per_step, engine)
 
     stage(4, "report")
     runs = load_runs(str(out / "results"))
@@ -131,7 +131,7 @@ def build_data(config: DemoConfig, out: Path) -> str:
     return str(data)
 
 
-def evaluate_checkpoint(out: Path, data: str, size: str, step: int, batch_size: int,
+def evaluate_checkpoint(out: Path, data: str, size: str, step: int, sequences_per_step: int,
                         engine: str) -> None:
     name = f"{size}-step{step}"
     merged = out / "results" / f"{name}.parquet"
@@ -142,63 +142,11 @@ def evaluate_checkpoint(out: Path, data: str, size: str, step: int, batch_size: 
     ev = Evaluation(
         # vmem evaluate's defaults; compiling (vLLM) would cost more than these tiny models run.
         engine=EngineConfig(str(model), engine=engine, enforce_eager=True),
-        data=data, out=str(out / "runs" / name), checkpoint=step, batch_size=batch_size,
-        chunk_size=1024)
+        data=data, out=str(out / "runs" / name), checkpoint=step,
+        sequences_per_step=sequences_per_step, chunk_size=1024)
     evaluate(ev)
     gc.collect()  # the engine is gone before the next one starts: one engine at a time
     merge_run(ev.out, str(merged))
-
-
-def duplication_table(runs: list[Run], counts: np.ndarray) -> pd.DataFrame:
-    """Memorized share by how often a sequence's opening occurs in the corpus (bins 1, 2-3,
-    4-7, ... by powers of two), per run."""
-    rows = []
-    for run in runs:
-        seen = counts[run.start:run.stop]
-        memorized = run.matches == run.cont_len
-        bins = np.floor(np.log2(seen)).astype(np.int64)
-        for b in np.unique(bins):
-            inside = bins == b
-            low, high = 2 ** b, 2 ** (b + 1) - 1
-            rows.append(dict(run=run.name, model=run.label, step=run.step,
-                             occurrences=str(low) if low == high else f"{low}-{high}",
-                             occurrences_min=int(low), sequences=int(inside.sum()),
-                             memorized=int(memorized[inside].sum()),
-                             share=float(memorized[inside].mean())))
-    return pd.DataFrame(rows)
-
-
-def duplication_figure(table: pd.DataFrame, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.subplots()
-    for run, rows in table.groupby("run", sort=False):
-        ax.plot(rows["occurrences_min"], rows["share"] * 100, marker="o", label=run)
-    ax.set_xscale("log", base=2)
-    ax.minorticks_off()
-    bins = table.drop_duplicates("occurrences_min").sort_values("occurrences_min")
-    ax.set_xticks(bins["occurrences_min"], bins["occurrences"])
-    ax.set_xlabel("occurrences of the sequence's first 64 tokens in the corpus")
-    ax.set_ylabel("memorized, % of the bin's sequences")
-    ax.set_title("Duplicated text is memorized far more often")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-
-
-def duplication_section(runs: list[Run], counts: np.ndarray, doc: Document,
-                        folder: Path) -> None:
-    """The report's extra section (a `report.Section`): memorization against duplication."""
-    table = duplication_table(runs, counts)
-    table.to_csv(folder / "tables" / "duplication.csv", index=False, lineterminator="\n")
-    duplication_figure(table, folder / "figures" / "duplication.png")
-    doc.heading("Memorization against duplication (demo)")
-    doc.paragraph("For each sequence, how many times its first 64 tokens occur anywhere in the "
-                  "corpus text (the stored epochs repeat every sequence; this counts copies "
-                  "within the text itself). All values: `tables/duplication.csv`.")
-    shown = table.assign(share=[f"{v:.1%}" for v in table["share"]])
-    doc.table(shown[["run", "occurrences", "sequences", "memorized", "share"]].astype(str))
-    doc.figure("figures/duplication.png", "Memorized share by the opening's occurrences.")
 
 
 def print_headlines(report: Path) -> None:

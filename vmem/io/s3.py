@@ -33,7 +33,7 @@ from botocore.exceptions import (
 )
 
 from vmem.errors import VmemError
-from vmem.mmidx import atomic_path
+from vmem.io.atomic import atomic_path
 
 RETRIES = int(os.environ.get("VMEM_S3_RETRIES", "8"))
 BACKOFF_S = float(os.environ.get("VMEM_S3_BACKOFF_S", "0.25"))
@@ -53,10 +53,6 @@ _DROPPED = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
 _LOADER = botocore.loaders.create_loader()
 
 T = TypeVar("T")
-
-
-def is_s3(path: object) -> bool:
-    return str(path).startswith("s3://")
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

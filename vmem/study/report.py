@@ -1,43 +1,31 @@
-"""`vmem report`: merged runs → the paper's tables, figures, report.md and report.html;
-`vmem export-memorized`: one run's memorized sequences with their first tokens."""
+"""`vmem report`: merged runs → the paper's tables, figures, report.md and report.html."""
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from vmem import analysis, figures
-from vmem.comparisons import FAMILIES, plan_comparisons
-from vmem.data import Dataset, open_dataset
-from vmem.document import Document
 from vmem.errors import VmemError
-from vmem.mmidx import atomic_path
-from vmem.runs import Run, load_run, load_runs
-
-EXPORT_MAX_GAP = 4  # memorized sequences this close are read in one span (cheaper than a request)
-EXPORT_MAX_SPAN = 1024  # ... but a span never crosses a multiple of this many sequences
-EXPORT_ROWS_PER_GROUP = 65_536
+from vmem.study import analysis, figures
+from vmem.study.comparisons import FAMILIES, plan_comparisons
+from vmem.study.document import Document
+from vmem.study.merged_runs import Run, load_runs
 
 # A caller's own analysis: writes its files under the report folder and adds blocks to the report.
 Section = Callable[[Document, Path], None]
 
 
-def report_command(args) -> int:
-    out = Path(args.output)
+def report(results: str, out: Path, *, s3_endpoint: str | None = None) -> list[Run]:
+    """The report of the merged runs in `results` (a folder or s3:// prefix) into `out`."""
     _check_report_folder(out)
-    runs = load_runs(args.results, s3_endpoint=args.s3_endpoint)
-    write_report(runs, args.results, out)
-    print(f"vmem report: {len(runs)} runs → {out}/report.html, report.md, tables/, figures/")
-    return 0
+    runs = load_runs(results, s3_endpoint=s3_endpoint)
+    write_report(runs, results, out)
+    return runs
 
 
 def write_report(runs: list[Run], results: str, out: Path,
@@ -272,50 +260,3 @@ def _replace_folder(new: Path, out: Path) -> None:
         shutil.rmtree(old)
     else:
         os.rename(new, out)
-
-
-def export_memorized_command(args) -> int:
-    out = Path(args.output)
-    if out.suffix != ".parquet":
-        raise VmemError(f"{args.output}: -o must name a .parquet file")
-    run = load_run(args.run, s3_endpoint=args.s3_endpoint)
-    dataset = open_dataset(args.data, seq_len=args.seq_len, dtype=args.data_dtype,
-                           s3_endpoint=args.s3_endpoint)
-    if not 1 <= args.tokens <= dataset.seq_len:
-        raise VmemError(f"--tokens {args.tokens}: expected 1..{dataset.seq_len} (the sequence "
-                        f"length of {args.data})")
-    memorized = np.flatnonzero(run.matches == run.cont_len).astype(np.int64) + run.start
-    if memorized.size and memorized[-1] >= dataset.num_sequences:
-        raise VmemError(f"{args.data}: has {dataset.num_sequences} sequences, but {args.run} has "
-                        f"memorized index {memorized[-1]}; is it the run's dataset?")
-    write_memorized(dataset, memorized, args.tokens, out)
-    print(f"vmem export-memorized: {memorized.size:,} memorized sequences of {run.name} → {out}")
-    return 0
-
-
-def write_memorized(dataset: Dataset, memorized: np.ndarray, tokens: int, out: Path) -> None:
-    """Rows (index, first `tokens` tokens), read in spans of nearby memorized sequences."""
-    schema = pa.schema([("index", pa.int64()), ("tokens", pa.list_(pa.int64()))])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for group in np.array_split(memorized,
-                                    max(1, math.ceil(memorized.size / EXPORT_ROWS_PER_GROUP))):
-            spans = [_first_tokens(dataset, span, tokens) for span in _spans(group)]
-            rows = np.concatenate([np.empty((0, tokens), dtype=np.int64), *spans])
-            offsets = np.arange(0, rows.size + 1, tokens, dtype=np.int32)
-            writer.write_table(pa.table(
-                [pa.array(group), pa.ListArray.from_arrays(offsets, rows.ravel())], schema=schema))
-
-
-def _spans(indices: np.ndarray) -> list[np.ndarray]:
-    """Split sorted indices where the gap is large or a multiple of EXPORT_MAX_SPAN is crossed."""
-    if indices.size == 0:
-        return []
-    breaks = np.flatnonzero((np.diff(indices) > EXPORT_MAX_GAP)
-                            | (np.diff(indices // EXPORT_MAX_SPAN) != 0)) + 1
-    return np.split(indices, breaks)
-
-
-def _first_tokens(dataset: Dataset, span: np.ndarray, tokens: int) -> np.ndarray:
-    rows = dataset.read(int(span[0]), int(span[-1]) + 1)
-    return rows[span - span[0], :tokens].astype(np.int64)

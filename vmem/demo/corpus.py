@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmem import mmidx
+from vmem.io import mmidx
 
 EOS_TOKEN = "<|endoftext|>"  # id 0, as in GPT-NeoX's tokenizer
 OPENING = 64  # tokens of a sequence that memorization looks at (32 prompt + 32 continuation)

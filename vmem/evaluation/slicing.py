@@ -2,15 +2,11 @@
 
 Slices are balanced: the first `(stop - start) % num_tasks` tasks get one sequence more, so sizes
 differ by at most one, and together the slices cover `[start, stop)` exactly once, in order.
-
-Run as `python -m vmem.slicing START STOP NUM_TASKS` it prints `task_id start stop` per slice, so
-shell scripts (launch/grid.sh) use the same arithmetic as `vmem evaluate`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 
 from vmem.errors import VmemError
@@ -102,23 +98,3 @@ def _env_int(environ: Mapping[str, str], name: str, default: int | None = None) 
         return int(value)
     except ValueError:
         raise VmemError(f"{name}: expected an integer, got {value!r}") from None
-
-
-def main(argv: list[str]) -> int:
-    try:
-        start, stop, num_tasks = (int(x) for x in argv)
-    except ValueError:
-        print("usage: python -m vmem.slicing START STOP NUM_TASKS", file=sys.stderr)
-        return 2
-    try:
-        for task_id in range(num_tasks):
-            a, b = task_slice(start, stop, task_id, num_tasks)
-            print(task_id, a, b)
-    except VmemError as err:
-        print(f"vmem: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from vmem import pythia
 from vmem.errors import VmemError
-from vmem.runs import OTHER_SUITE, Run
+from vmem.study.merged_runs import OTHER_SUITE, Run
 
 FAMILIES = {
     "A": "smaller model, same checkpoint → largest model",

@@ -1,7 +1,7 @@
 """The demo's model suite: Pythia's architecture at a few tiny sizes, trained on the spot.
 
-Each model reads the dataset in its stored order, batch_size sequences per step, as Pythia did,
-and is saved at several steps as `SIZE/stepN/` (fp32 safetensors + the corpus's tokenizer), so
+Each model reads the dataset in its stored order, a fixed number of sequences per step, as Pythia
+did, and is saved at several steps as `SIZE/stepN/` (fp32 safetensors + the corpus's tokenizer), so
 every checkpoint is an ordinary local model folder for `vmem evaluate` and `vmem spot`. Training
 is seeded and runs on one thread per model, so it gives the same weights on every run; sizes
 train in parallel processes, one per core.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vmem import pythia
-from vmem.data import open_dataset
+from vmem.io.dataset import open_dataset
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Training:
     data: str  # dataset folder
     tokenizer: str  # folder with tokenizer.json + tokenizer_config.json
     vocab: int
-    batch_size: int  # sequences per step
+    sequences_per_step: int  # sequences per step
     steps: int
     checkpoints: tuple[int, ...]
     seed: int = 0
@@ -93,7 +93,7 @@ def train_model(shape: Shape, training: Training, models: Path) -> None:
     warmup = max(10, training.steps // 100)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(
         s, warmup, training.steps))
-    started, bs = time.time(), training.batch_size
+    started, bs = time.time(), training.sequences_per_step
     model.train()
     for step in range(1, training.steps + 1):
         rows = torch.from_numpy(dataset.read((step - 1) * bs, step * bs).astype(np.int64))

@@ -1,0 +1,300 @@
+"""vmem's main job: score every sequence of an index range for memorization.
+
+source (dataset) → batches (prefetched) → engine (greedy continuation) → scores → score files.
+
+`plan` decides everything before an engine starts or a file is written: the range, this task's
+slice, the resolved engine settings, the manifest. `run` does one slice with one engine: each
+chunk of `chunk_size` sequences is one engine call and one durable score file, so a run killed at
+any moment and started again with the same command does only what is missing. With
+`--data-parallel N`, `run_data_parallel` starts N children, each given its part of the plan, and
+marks the whole slice finished once every child has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+import vmem
+from vmem import hardware, pythia
+from vmem.errors import VmemError
+from vmem.evaluation.engine import EngineConfig, build_engine, describe, preflight, resolve
+from vmem.evaluation.run_folder import RunFolder, fingerprint, gaps
+from vmem.evaluation.scoring import is_memorized, score_batch, score_csv
+from vmem.evaluation.slicing import task_from_env, task_slice
+from vmem.io.dataset import Dataset, check_window, iter_batches, open_dataset, resolve_range
+from vmem.io.location import is_s3
+
+DEFAULT_CHUNK = 8192  # prompts per engine call: enough to keep vLLM's scheduler full
+
+
+@dataclass
+class Evaluation:
+    """Everything `vmem evaluate` needs; the CLI fills it from its flags."""
+
+    engine: EngineConfig
+    data: str
+    out: str
+    start: int | None = None
+    stop: int | None = None
+    checkpoint: int | None = None
+    prompt_len: int = 32
+    cont_len: int = 32
+    offset: int = 0
+    allow_eos: bool = False
+    logprobs: bool = False
+    chunk_size: int = DEFAULT_CHUNK
+    task_id: int | None = None
+    num_tasks: int | None = None
+    data_parallel: int = 1
+    seq_len: int | None = None
+    data_dtype: str | None = None
+    s3_endpoint: str | None = None
+    sequences_per_step: int = pythia.SEQUENCES_PER_STEP
+    staging_dir: str | None = None
+    params: int | None = None
+    progress: bool = True
+
+
+def revision_for(model: str, revision: str | None, checkpoint: int | None) -> str | None:
+    """The hub revision to load: as given, else Pythia's `step{checkpoint}` branch."""
+    if revision is None and checkpoint is not None and pythia.size_of(model):
+        return f"step{checkpoint}"
+    return revision
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one `vmem evaluate` does, decided before any engine starts or file is written."""
+
+    evaluation: Evaluation
+    dataset: Dataset
+    folder: RunFolder
+    config: EngineConfig  # engine and dtype resolved
+    reasons: dict[str, str]  # why each was chosen
+    model_config: object
+    manifest: dict
+    lo: int  # this task's slice of the run's range
+    hi: int
+
+
+def plan(ev: Evaluation) -> Plan:
+    if ev.chunk_size < 1:
+        raise VmemError(f"--chunk-size {ev.chunk_size}: expected a positive number")
+    if ev.data_parallel < 1:
+        raise VmemError(f"--data-parallel {ev.data_parallel}: expected a positive number")
+    dataset = open_dataset(ev.data, seq_len=ev.seq_len, dtype=ev.data_dtype,
+                           s3_endpoint=ev.s3_endpoint)
+    start, stop = resolve_range(dataset, ev.start, ev.stop, checkpoint=ev.checkpoint,
+                                sequences_per_step=ev.sequences_per_step)
+    check_window(dataset, ev.prompt_len, ev.cont_len, ev.offset)  # before an engine starts
+    folder = RunFolder(ev.out, staging_dir=ev.staging_dir, s3_endpoint=ev.s3_endpoint)
+    folder.check_writable()
+    existing = folder.manifest()
+    requested = dataclasses.replace(
+        ev.engine, revision=revision_for(ev.engine.model, ev.engine.revision, ev.checkpoint),
+        max_len=ev.prompt_len + ev.cont_len + 1)
+    config, reasons = resolve(requested, (existing or {}).get("settings"))
+    model_config = preflight(config)
+    manifest = build_manifest(ev, config, reasons, dataset, start, stop)
+    folder.check_claim(manifest, existing)
+    lo, hi = task_slice(start, stop, *task_from_env(ev.task_id, ev.num_tasks))
+    return Plan(ev, dataset, folder, config, reasons, model_config, manifest, lo, hi)
+
+
+def evaluate(ev: Evaluation, engine=None) -> dict:
+    """Run (or resume) this task's slice of the evaluation; returns the task's stats.
+    `engine` lets a caller that evaluates many slices with one model start it once."""
+    p = plan(ev)
+    if ev.data_parallel > 1:
+        return run_data_parallel(p)
+    return run(p, engine)
+
+
+def _todo(p: Plan) -> list[tuple[int, int]]:
+    """What is left of the slice. Finished means covered by sound score files (a marker alone
+    could outlive a deleted one)."""
+    settings = p.manifest["settings"]
+    return gaps(p.lo, p.hi, p.folder.done_ranges(p.manifest["fingerprint"], settings,
+                                                 within=(p.lo, p.hi)))
+
+
+def _announce(p: Plan) -> None:
+    """Say what `auto` chose, once per command."""
+    chosen = [f"{name} {getattr(p.config, name)} ({reason})"
+              for name, reason in p.reasons.items() if getattr(p.evaluation.engine, name) == "auto"]
+    if chosen:
+        print(f"vmem: {'; '.join(chosen)}", file=sys.stderr)
+
+
+def run(p: Plan, engine=None) -> dict:
+    """Score what is left of the plan's slice with one engine, then mark the slice finished."""
+    ev, folder, lo, hi = p.evaluation, p.folder, p.lo, p.hi
+    todo = _todo(p)
+    if not todo and folder.task_finished(lo, hi):
+        print(f"vmem: [{lo}, {hi}) of {ev.out} is already finished", file=sys.stderr)
+        return {"start": lo, "stop": hi, "already_finished": True}
+    remaining = sum(b - a for a, b in todo)
+    started = time.time()
+    if engine is None and remaining:
+        _announce(p)
+        engine = build_engine(p.config, p.model_config)
+    # The manifest only once the engine runs: a model that fails to load leaves OUT untouched.
+    folder.claim(p.manifest)
+    ready = time.time()
+    engine_seconds, scored, memorized = 0.0, 0, 0
+    fp = p.manifest["fingerprint"]
+    bar = _progress(ev, hi - lo, hi - lo - remaining)
+    for a, b in todo:
+        for batch in iter_batches(p.dataset, a, b, rows=ev.chunk_size, prompt_len=ev.prompt_len,
+                                  cont_len=ev.cont_len, offset=ev.offset):
+            t0 = time.perf_counter()
+            generated = engine.generate(batch.prompts, ev.cont_len, ev.allow_eos)
+            logprob = (engine.continuation_logprobs(batch.prompts, batch.continuations)
+                       if ev.logprobs else None)
+            engine_seconds += time.perf_counter() - t0
+            matches, prefix = score_batch(generated, batch.continuations)
+            first, last = int(batch.indices[0]), int(batch.indices[-1]) + 1
+            folder.write_score_file(fp, first, last,
+                                    score_csv(batch.indices, matches, prefix, ev.cont_len,
+                                              logprob))
+            scored += len(batch.indices)
+            memorized += int(is_memorized(matches, ev.cont_len).sum())
+            if bar is not None:
+                bar.update(len(batch.indices))
+    if bar is not None:
+        bar.close()
+    finished = time.time()
+    seconds = finished - ready
+    stats = {
+        "start": lo, "stop": hi, "scored_now": scored, "memorized_now": memorized,
+        "started": _iso(started), "finished": _iso(finished),
+        "startup_seconds": round(ready - started, 3), "seconds": round(seconds, 3),
+        "engine_busy_share": round(engine_seconds / seconds, 4) if seconds > 0 else None,
+        "sequences_per_second": round(scored / seconds, 2) if seconds > 0 else None,
+        "engine_info": p.manifest["engine_info"],
+    }
+    folder.finish_task(lo, hi, stats)
+    share = memorized / scored if scored else 0.0
+    print(f"vmem: scored {scored} sequences of [{lo}, {hi}) in {seconds:.1f} s "
+          f"({stats['sequences_per_second'] or 0} seq/s, start-up {ready - started:.1f} s); "
+          f"memorized {memorized} ({share:.4%}); results in {ev.out}", file=sys.stderr)
+    return stats
+
+
+def build_manifest(ev: Evaluation, config: EngineConfig, reasons: dict, dataset: Dataset,
+                   start: int, stop: int) -> dict:
+    data_location = dataset.location if is_s3(ev.data) else os.path.abspath(dataset.location)
+    settings = {
+        "model": config.model, "revision": config.revision,
+        "dtype": config.dtype, "engine": config.engine,
+        "prompt_len": ev.prompt_len, "cont_len": ev.cont_len, "offset": ev.offset,
+        "eos_mode": "allow" if ev.allow_eos else "paper", "logprobs": ev.logprobs,
+        "data": {"location": data_location, "layout": dataset.layout,
+                 "num_sequences": dataset.num_sequences, "seq_len": dataset.seq_len,
+                 "dtype": np.dtype(dataset.dtype).name},
+        "start": start, "stop": stop, "sequences_per_step": ev.sequences_per_step,
+    }
+    size = pythia.size_of(config.model)
+    return {
+        "vmem_version": vmem.__version__,
+        "settings": settings,
+        "fingerprint": fingerprint(settings),
+        "engine_info": describe(config),
+        "choices": reasons,
+        "step": ev.checkpoint if ev.checkpoint is not None
+        else pythia.step_of_revision(config.revision),
+        "params": ev.params or (size.params if size else _local_param_count(config.model)),
+        "created": _iso(time.time()),
+    }
+
+
+def _local_param_count(model: str) -> int | None:
+    """Parameters of a local safetensors checkpoint, read from its header alone."""
+    total = 0
+    for path in sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []:
+        with open(path, "rb") as f:
+            try:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            except (ValueError, MemoryError):
+                raise VmemError(f"model '{model}' cannot be loaded: {path.name} is damaged "
+                                f"(its safetensors header does not parse)") from None
+        total += sum(int(np.prod(t["shape"])) for k, t in header.items() if k != "__metadata__")
+    return total or None
+
+
+# -- data parallelism: one engine per GPU group, each a child process on a part of the slice ----
+
+def run_data_parallel(p: Plan) -> dict:
+    ev, tp = p.evaluation, p.config.tp
+    if not _todo(p) and p.folder.task_finished(p.lo, p.hi):
+        print(f"vmem: [{p.lo}, {p.hi}) of {ev.out} is already finished", file=sys.stderr)
+        return {"start": p.lo, "stop": p.hi, "already_finished": True}
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(hardware.gpu_count())]
+    want = ev.data_parallel * tp
+    if gpus and len(gpus) < want:
+        raise VmemError(f"--data-parallel {ev.data_parallel} x --tp {tp} needs {want} "
+                        f"GPUs; {len(gpus)} are visible")
+    _announce(p)
+    # Children get the plan's decisions (the resolved engine, the choices and their part), so
+    # they agree with the parent and with each other.
+    child_ev = dataclasses.replace(ev, engine=p.config, data_parallel=1, task_id=0, num_tasks=1)
+    parts = [task_slice(p.lo, p.hi, rank, ev.data_parallel) for rank in range(ev.data_parallel)]
+    children = []
+    for rank, part in enumerate(parts):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[rank * tp:(rank + 1) * tp])
+        child = subprocess.Popen([sys.executable, "-m", "vmem.evaluation.evaluate"], env=env,
+                                 stdin=subprocess.PIPE, text=True)
+        child.stdin.write(json.dumps({"evaluation": dataclasses.asdict(child_ev),
+                                      "part": part, "choices": p.reasons}))
+        child.stdin.close()
+        children.append(child)
+    failed = [rank for rank, child in enumerate(children) if child.wait() != 0]
+    if failed:
+        raise VmemError(f"--data-parallel: engine(s) {failed} failed; rerun the same command "
+                        f"to finish what they left")
+    stats = {"start": p.lo, "stop": p.hi, "parts": [list(part) for part in parts]}
+    p.folder.finish_task(p.lo, p.hi, stats)
+    return stats
+
+
+def run_part(request: dict) -> dict:
+    """A data-parallel child: the parent's evaluation, on the part of the slice it was given."""
+    fields = dict(request["evaluation"])
+    ev = Evaluation(engine=EngineConfig(**fields.pop("engine")), **fields)
+    p = plan(ev)
+    lo, hi = request["part"]
+    return run(dataclasses.replace(p, lo=lo, hi=hi,
+                                   manifest=dict(p.manifest, choices=request["choices"])))
+
+
+def _progress(ev: Evaluation, total: int, done: int):
+    if not ev.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="seq", desc="vmem evaluate", smoothing=0.1)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+if __name__ == "__main__":  # a data-parallel child; vLLM's worker processes need this guard
+    try:
+        run_part(json.load(sys.stdin))
+    except VmemError as err:
+        print(f"vmem: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""The paper's analyses over merged runs: loading, comparisons, tables, figures, the report."""

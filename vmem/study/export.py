@@ -1,0 +1,66 @@
+"""`vmem export-memorized`: one merged run's memorized sequences with their first tokens, as
+parquet rows `index,tokens`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vmem.errors import VmemError
+from vmem.evaluation.scoring import is_memorized
+from vmem.io.atomic import atomic_path
+from vmem.io.dataset import Dataset
+from vmem.study.merged_runs import Run
+
+MAX_GAP = 4  # memorized sequences this close are read in one span (cheaper than a request)
+MAX_SPAN = 1024  # ... but a span never crosses a multiple of this many sequences
+ROWS_PER_GROUP = 65_536
+
+
+def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Path) -> int:
+    """Write the run's memorized sequences with their first `tokens` tokens; returns how many."""
+    if out.suffix != ".parquet":
+        raise VmemError(f"{out}: -o must name a .parquet file")
+    if not 1 <= tokens <= dataset.seq_len:
+        raise VmemError(f"--tokens {tokens}: expected 1..{dataset.seq_len} (the sequence "
+                        f"length of {dataset.location})")
+    memorized = np.flatnonzero(is_memorized(run.matches, run.cont_len)).astype(np.int64)
+    memorized += run.start
+    if memorized.size and memorized[-1] >= dataset.num_sequences:
+        raise VmemError(f"{dataset.location}: has {dataset.num_sequences} sequences, but "
+                        f"{run.table} has memorized index {memorized[-1]}; is it the run's "
+                        f"dataset?")
+    write_memorized(dataset, memorized, tokens, out)
+    return int(memorized.size)
+
+
+def write_memorized(dataset: Dataset, memorized: np.ndarray, tokens: int, out: Path) -> None:
+    """Rows (index, first `tokens` tokens), read in spans of nearby memorized sequences."""
+    schema = pa.schema([("index", pa.int64()), ("tokens", pa.list_(pa.int64()))])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for group in np.array_split(memorized,
+                                    max(1, math.ceil(memorized.size / ROWS_PER_GROUP))):
+            spans = [_first_tokens(dataset, span, tokens) for span in _spans(group)]
+            rows = np.concatenate([np.empty((0, tokens), dtype=np.int64), *spans])
+            offsets = np.arange(0, rows.size + 1, tokens, dtype=np.int32)
+            writer.write_table(pa.table(
+                [pa.array(group), pa.ListArray.from_arrays(offsets, rows.ravel())], schema=schema))
+
+
+def _spans(indices: np.ndarray) -> list[np.ndarray]:
+    """Split sorted indices where the gap is large or a multiple of MAX_SPAN is crossed."""
+    if indices.size == 0:
+        return []
+    breaks = np.flatnonzero((np.diff(indices) > MAX_GAP)
+                            | (np.diff(indices // MAX_SPAN) != 0)) + 1
+    return np.split(indices, breaks)
+
+
+def _first_tokens(dataset: Dataset, span: np.ndarray, tokens: int) -> np.ndarray:
+    rows = dataset.read(int(span[0]), int(span[-1]) + 1)
+    return rows[span - span[0], :tokens].astype(np.int64)
