@@ -1,7 +1,7 @@
 """`vmem merge` at Pythia scale: a synthetic run folder of --rows sequences (default 146,432,000,
-all sequences of step143000) in the evaluator's format (manifest.json + one score file per chunk of
-vmem.evaluation.evaluate.DEFAULT_CHUNK rows), merged by `vmem merge` in a child process: time, peak RSS,
-bytes per row.
+all sequences of step143000) in the evaluator's format (manifest.json + one score file per chunk
+of vmem.evaluation.evaluate.DEFAULT_CHUNK rows), merged by `vmem merge` in a child process: time,
+peak RSS, bytes per row.
 
 Shards are formatted by pyarrow (writing 146M rows through Python would take longer than the
 merge), and the first one is checked byte for byte against `vmem.evaluation.scoring.score_csv`.

@@ -6,11 +6,10 @@
 #   launch/grid.sh                    # submit
 #   launch/grid.sh --only '*-12b-*'   # just the runs whose name matches a glob
 #
-# Run it again at any time: it submits only what is unfinished. A run is finished when OUT/tasks/
-# holds the completion marker of each of its slices; a run with a job in the queue (squeue, by job
-# name) is left alone; of an unfinished run only the missing slices are submitted (--array=2,5
-# with --num-tasks). With OUT on s3:// the markers are not looked up and every run not in the
-# queue is resubmitted whole, which is safe: finished chunks are skipped.
+# Run it again at any time: it submits only what is unfinished. `vmem status` lists the slices of a
+# run without a completion marker (in OUT/tasks/, local or on S3); a run with a job in the queue
+# (squeue, by job name) is left alone; of an unfinished run only the missing slices are submitted
+# (--array=2,5 with --num-tasks).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -38,57 +37,62 @@ while (($#)); do
   case $1 in
     --dry-run) dry_run=1 ;;
     --only) only=${2:?--only needs a glob, e.g. "pythia-70m-*"}; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "grid.sh: error: unknown argument $1 (expected --dry-run, --only GLOB)" >&2; exit 2 ;;
   esac
   shift
 done
 
-# The suite's facts come from vmem/pythia.py: "SIZES...", "CHECKPOINTS...", sequences per step.
+# The suite's facts come from vmem/pythia.py: checkpoints, sequences per step, the final step, then
+# one "SIZE HUB_ID" line per model (duped and deduped).
 mapfile -t facts < <("$PYTHON" -c 'from vmem import pythia as p
-print(*p.SIZES); print(*p.PAPER_CHECKPOINTS); print(p.SEQUENCES_PER_STEP, p.FINAL_STEP)')
-read -r -a sizes <<< "${facts[0]}"
-read -r -a checkpoints <<< "${facts[1]}"
-read -r per_step final_step <<< "${facts[2]}"
+print(*p.PAPER_CHECKPOINTS); print(p.SEQUENCES_PER_STEP, p.FINAL_STEP)
+for size in p.SIZES:
+    print(size, p.hub_id(size, deduped=False)); print(size, p.hub_id(size, deduped=True))')
+read -r -a checkpoints <<< "${facts[0]}"
+read -r per_step final_step <<< "${facts[1]}"
 
 # Runs already queued or running, by job name.
 queued=" $(squeue -h -u "$(id -un)" -o %j | tr '\n' ' ') "
+status_err=$(mktemp)
+trap 'rm -f "$status_err"' EXIT
 
-for size in "${sizes[@]}"; do
+for line in "${facts[@]:2}"; do
+  read -r size model <<< "$line"
   [[ -n "${TASKS[$size]:-}" && -n "${GPUS[$size]:-}" ]] || {
     echo "grid.sh: error: TASKS/GPUS at the top of $0 have no entry for size $size" >&2; exit 2; }
-  for deduped in "" "-deduped"; do
-    for step in "${checkpoints[@]}"; do
-      name=pythia-$size$deduped-step$step
-      # shellcheck disable=SC2053 # a glob on purpose
-      [[ $name == $only ]] || continue
-      out=$RUNS/$name
-      if [[ $queued == *" vmem-$name "* ]]; then echo "queued    $name"; continue; fi
+  for step in "${checkpoints[@]}"; do
+    name=$(basename "$model")-step$step
+    # shellcheck disable=SC2053 # a glob on purpose
+    [[ $name == $only ]] || continue
+    out=$RUNS/$name
+    if [[ $queued == *" vmem-$name "* ]]; then echo "queued    $name"; continue; fi
 
-      tasks=$(( (TASKS[$size] * step + final_step - 1) / final_step ))
-      missing=()
-      while read -r task start stop; do
-        marker=$(printf '%s/tasks/task-%012d-%012d.json' "$out" "$start" "$stop")
-        [[ $out != s3://* && -f $marker ]] || missing+=("$task")
-      done < <("$PYTHON" -m vmem.slicing 0 $((step * per_step)) "$tasks")
-      if ((${#missing[@]} == 0)); then echo "finished  $name"; continue; fi
-      if ((${#missing[@]} == tasks)); then array=0-$((tasks - 1)); else
-        array=$(IFS=,; echo "${missing[*]}"); fi
+    tasks=$(( (TASKS[$size] * step + final_step - 1) / final_step ))
+    # The slices without a completion marker, local or on S3 (vmem status).
+    if ! todo=$("$VMEM" status "$out" --num-tasks "$tasks" --checkpoint "$step" \
+                --sequences-per-step "$per_step" 2>"$status_err"); then
+      cat "$status_err" >&2; exit 2
+    fi
+    missing=()
+    [[ -z $todo ]] || mapfile -t missing <<< "$todo"
+    if ((${#missing[@]} == 0)); then echo "finished  $name"; continue; fi
+    if ((${#missing[@]} == tasks)); then array=0-$((tasks - 1)); else
+      array=$(IFS=,; echo "${missing[*]}"); fi
 
-      script=$HERE/array.sbatch
-      resources=()
-      if ((GPUS[$size] > 1)); then script=$HERE/tp.sbatch; resources=(--gres=gpu:${GPUS[$size]}); fi
-      data=$DATA_DUPED; [[ -z $deduped ]] || data=$DATA_DEDUPED
-      read -r -a site <<< "$SBATCH_ARGS"
-      cmd=(env MODEL="EleutherAI/pythia-$size$deduped" CHECKPOINT="$step" DATA="$data" OUT="$out"
-           VMEM="$VMEM" VMEM_ARGS="$VMEM_ARGS" GPUS="${GPUS[$size]}"
-           sbatch --parsable --job-name="vmem-$name" --array="$array"
-           --output="$LOGS/$name-%A_%a.out" "${site[@]}" "${resources[@]}"
-           "$script" --num-tasks "$tasks")
-      if ((dry_run)); then echo "dry-run   $name: $(printf '%q ' "${cmd[@]:1}")"; continue; fi
-      mkdir -p "$LOGS"
-      job=$("${cmd[@]}")
-      echo "submitted $name: job $job array $array of $tasks"
-    done
+    script=$HERE/array.sbatch
+    resources=()
+    if ((GPUS[$size] > 1)); then script=$HERE/tp.sbatch; resources=(--gres=gpu:${GPUS[$size]}); fi
+    data=$DATA_DUPED; [[ $model != *-deduped ]] || data=$DATA_DEDUPED
+    read -r -a site <<< "$SBATCH_ARGS"
+    cmd=(env MODEL="$model" CHECKPOINT="$step" DATA="$data" OUT="$out"
+         VMEM="$VMEM" VMEM_ARGS="$VMEM_ARGS" GPUS="${GPUS[$size]}"
+         sbatch --parsable --job-name="vmem-$name" --array="$array"
+         --output="$LOGS/$name-%A_%a.out" "${site[@]}" "${resources[@]}"
+         "$script" --num-tasks "$tasks")
+    if ((dry_run)); then echo "dry-run   $name: $(printf '%q ' "${cmd[@]:1}")"; continue; fi
+    mkdir -p "$LOGS"
+    job=$("${cmd[@]}")
+    echo "submitted $name: job $job array $array of $tasks"
   done
 done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ from transformers import AutoModelForCausalLM
 
 from tests.cli import cli_error
 from tests.models import EOS_SEQUENCE, MEMORIZED, NUM_SEQUENCES
-from vmem.cli import QUIET_DEFAULTS, main
+from vmem.cli import QUIET_DEFAULTS, build_parser, engine_config, main
+from vmem.errors import VmemError
 from vmem.evaluation.engine import EngineConfig
 from vmem.evaluation.evaluate import Evaluation, evaluate
 from vmem.evaluation.merge import merge_run
@@ -217,6 +219,36 @@ def test_a_hub_revision_that_cannot_be_had_is_named(capsys, tmp_path, tiny_datas
                           str(tmp_path / "o"), "--engine", "hf"])
     assert "model 'EleutherAI/pythia-70m-deduped' at revision 'step0' cannot be loaded" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_python_callers_get_the_same_default_revision_as_the_cli(tmp_path, tiny_dataset,
+                                                                 monkeypatch):
+    # A Pythia model at --checkpoint N loads revision stepN, from Python as from the CLI.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    ev = Evaluation(engine=EngineConfig("EleutherAI/pythia-70m-deduped", engine="hf"),
+                    data=tiny_dataset, out=str(tmp_path / "o"), checkpoint=2,
+                    sequences_per_step=8, progress=False)
+    with pytest.raises(VmemError, match="at revision 'step2' cannot be loaded"):
+        evaluate(ev)
+    assert not (tmp_path / "o").exists()
+
+
+def test_spot_and_evaluate_honour_every_engine_flag():
+    # Each EngineConfig field has a flag, and both commands pass each one on (spot once dropped
+    # --max-num-batched-tokens).
+    given = {"model": "m", "revision": "step3", "engine": "vllm", "dtype": "bfloat16", "tp": 2,
+             "max_num_seqs": 7, "max_num_batched_tokens": 4096, "memory_share": 0.5,
+             "enforce_eager": True, "download_dir": "/cache", "seed": 9}
+    assert set(given) | {"max_len"} == {f.name for f in dataclasses.fields(EngineConfig)}
+    flags = []
+    for name, value in given.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    parser = build_parser()
+    spot = parser.parse_args(["spot", *flags, "--data", "d", "--index", "0"])
+    ev = parser.parse_args(["evaluate", *flags, "--data", "d", "--out", "o"])
+    assert engine_config(spot) == engine_config(ev) == EngineConfig(**given)
 
 
 def test_out_folder_of_another_run_or_unwritable_is_refused(capsys, tmp_path, cli_base):

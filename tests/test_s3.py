@@ -13,6 +13,7 @@ from vmem.cli import main
 from vmem.errors import VmemError
 from vmem.io import mmidx, s3
 from vmem.io.dataset import iter_batches, open_dataset
+from vmem.io.location import is_s3
 
 N, SEQ_LEN = 200, 41
 ROW_BYTES = SEQ_LEN * 2
@@ -54,7 +55,7 @@ def test_parse_s3_url():
     for bad in ["s3:/x", "s3://", "s3:///key", "/local/path", "http://bucket/key"]:
         with pytest.raises(VmemError, match=rf"^{re.escape(bad)}: not an S3 URL"):
             s3.parse_s3_url(bad)
-    assert s3.is_s3("s3://b/k") and not s3.is_s3("/tmp/s3://x") and not s3.is_s3("data")
+    assert is_s3("s3://b/k") and not is_s3("/tmp/s3://x") and not is_s3("data")
 
 
 # --- the functions, exact ------------------------------------------------------------------------
