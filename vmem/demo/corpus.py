@@ -6,7 +6,7 @@ corpus's boilerplate, repeated as licence headers and navigation text repeat on 
 modules are mostly unique text. A small byte-level BPE is trained on the documents; documents are
 joined with end-of-text (id 0), cut into fixed-length sequences, and stored as several epochs,
 each shuffled with its own seed, back to back — so that, as in Pythia, training reads the data in
-stored order and checkpoint N has seen exactly sequences [0, N * batch_size).
+stored order and checkpoint N has seen exactly sequences [0, N * sequences_per_step).
 """
 
 from __future__ import annotations
