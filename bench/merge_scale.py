@@ -41,13 +41,13 @@ def manifest(rows: int) -> dict:
         "eos_mode": "paper", "logprobs": False,
         "data": {"location": "/data/pythia/document", "layout": "merged",
                  "num_sequences": rows, "seq_len": 2049, "dtype": "uint16"},
-        "start": 0, "stop": rows, "sequences_per_step": 1024,
+        "start": 0, "stop": rows, "batch_size": 1024,
     }
     return {"vmem_version": "bench", "settings": settings, "fingerprint": fingerprint(settings),
             "engine_info": {}, "step": 143_000, "params": None, "created": "bench"}
 
 
-def shard_bytes(index: np.ndarray, matches: np.ndarray, prefix: np.ndarray) -> bytes:
+def score_file_bytes(index: np.ndarray, matches: np.ndarray, prefix: np.ndarray) -> bytes:
     table = pa.table({"index": index, "score": SCORES.take(pa.array(matches)),
                       "matches": matches, "prefix_match": prefix})
     sink = pa.BufferOutputStream()
@@ -65,7 +65,7 @@ def write_run(folder: Path, rows: int, chunk: int) -> None:
         index = np.arange(start, min(start + chunk, rows))
         matches = synthetic_matches(rng, rng.random(index.size) < 0.0163)  # 12b's share
         prefix = np.minimum(matches, rng.geometric(0.5, index.size) - 1)
-        data = shard_bytes(index, matches, prefix)
+        data = score_file_bytes(index, matches, prefix)
         if start == 0 and data != score_csv(index, matches, prefix, CONT_LEN, None):
             raise SystemExit("synthetic score file differs from score_csv's format")
         (folder / score_file_name(meta["fingerprint"], index[0], index[-1] + 1)).write_bytes(data)
@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=146_432_000)
-    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="rows per shard")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="rows per score file")
     parser.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/vmem-merge-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
@@ -85,10 +85,10 @@ def main() -> None:
     try:
         t = time.perf_counter()
         write_run(run, args.rows, args.chunk)
-        shards = sum(p.stat().st_size for p in run.glob("scores-*.csv"))
+        on_disk = sum(p.stat().st_size for p in run.glob("scores-*.csv"))
         count = -(-args.rows // args.chunk)
-        print(f"wrote {args.rows:,} rows in {count:,} shards ({shards / 1e9:.2f} GB, "
-              f"{shards / args.rows:.1f} B/row) in {time.perf_counter() - t:.0f} s")
+        print(f"wrote {args.rows:,} rows in {count:,} score files ({on_disk / 1e9:.2f} GB, "
+              f"{on_disk / args.rows:.1f} B/row) in {time.perf_counter() - t:.0f} s")
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "vmem.cli", "merge", str(run), "-o", str(output)],
                        check=True)

@@ -49,6 +49,7 @@ mapfile -t facts < <("$PYTHON" -c 'from vmem import pythia as p
 print(*p.PAPER_CHECKPOINTS); print(p.SEQUENCES_PER_STEP, p.FINAL_STEP)
 for size in p.SIZES:
     print(size, p.hub_id(size, deduped=False)); print(size, p.hub_id(size, deduped=True))')
+((${#facts[@]} > 2)) || { echo "grid.sh: error: $PYTHON could not import vmem" >&2; exit 2; }
 read -r -a checkpoints <<< "${facts[0]}"
 read -r per_step final_step <<< "${facts[1]}"
 

@@ -19,11 +19,12 @@ from transformers import AutoModelForCausalLM
 
 from tests.cli import cli_error
 from tests.models import EOS_SEQUENCE, MEMORIZED, NUM_SEQUENCES
-from vmem.cli import QUIET_DEFAULTS, build_parser, engine_config, main
+from vmem.cli import build_parser, engine_config, main
 from vmem.errors import VmemError
 from vmem.evaluation.engine import EngineConfig
 from vmem.evaluation.evaluate import Evaluation, evaluate
 from vmem.evaluation.merge import merge_run
+from vmem.quiet import QUIET_DEFAULTS
 
 VMEM = [sys.executable, "-m", "vmem.cli"]
 
@@ -117,7 +118,7 @@ def test_offset_and_lengths_select_the_right_window(tmp_path, vllm_engine, tiny_
     assert np.array_equal(rows["score"], rows["matches"] / 16)
 
 
-def test_cli_evaluate_with_vllm_writes_shards_manifest_and_resumes(tmp_path, tiny_model_dir,
+def test_cli_evaluate_with_vllm_writes_score_files_manifest_and_resumes(tmp_path, tiny_model_dir,
                                                                     tiny_dataset):
     out = tmp_path / "cli"
     args = ["evaluate", "--model", tiny_model_dir, "--data", tiny_dataset, "--start", "0",
@@ -147,11 +148,12 @@ def test_cli_evaluate_with_vllm_writes_shards_manifest_and_resumes(tmp_path, tin
     assert again.returncode == 0 and "already finished" in again.stderr
 
 
-def _wait_for_shards(out: Path, count: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+def _wait_for_score_files(out: Path, count: int, proc: subprocess.Popen,
+                          timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while len(list(out.glob("scores-*.csv"))) < count:
         assert proc.poll() is None, "evaluate finished before it could be killed"
-        assert time.time() < deadline, "no shard appeared"
+        assert time.time() < deadline, "no score file appeared"
         time.sleep(0.05)
 
 
@@ -169,10 +171,10 @@ def test_sigkill_at_any_moment_then_rerun_gives_exactly_once_equal_rows(
     expected = read_rows(whole)
 
     killed = tmp_path / "killed"
-    for shards_before_kill in (1, 5, 11):
+    for files_before_kill in (1, 5, 11):
         proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        _wait_for_shards(killed, shards_before_kill, proc)
+        _wait_for_score_files(killed, files_before_kill, proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert len(list(killed.glob("scores-*.csv"))) < NUM_SEQUENCES // 40

@@ -1,4 +1,4 @@
-"""Merging a run's shards, and runs written to S3, on real files and a real S3-protocol server."""
+"""Merging a run's score files, and runs written to S3, on real files and a real S3 server."""
 
 from __future__ import annotations
 
@@ -44,17 +44,17 @@ def run(tmp_path, base_run) -> Path:
     return copy
 
 
-def shard_rows(run: Path) -> pd.DataFrame:
+def score_rows(run: Path) -> pd.DataFrame:
     frames = [pd.read_csv(p) for p in sorted(run.glob("scores-*.csv"))]
     return pd.concat(frames).sort_values("index").reset_index(drop=True)
 
 
-def shard_at(run: Path, start: int) -> Path:
+def score_file_at(run: Path, start: int) -> Path:
     return next(p for p in run.glob("scores-*.csv") if parse_score_file_name(p.name)[1] == start)
 
 
 def test_merge_writes_sorted_parquet_and_csv_with_the_manifest(tmp_path, run):
-    expected = shard_rows(run)
+    expected = score_rows(run)
     for name in ("merged.parquet", "merged.csv"):
         merged = merge_run(str(run), str(tmp_path / name))
         table = (pd.read_parquet if name.endswith("parquet") else pd.read_csv)(tmp_path / name)
@@ -67,9 +67,9 @@ def test_merge_writes_sorted_parquet_and_csv_with_the_manifest(tmp_path, run):
 
 
 def test_gaps_are_listed_with_the_command_that_fills_them(capsys, tmp_path, run):
-    expected = shard_rows(run)
-    shard_at(run, 50).unlink()
-    shard_at(run, 150).unlink()
+    expected = score_rows(run)
+    score_file_at(run, 50).unlink()
+    score_file_at(run, 150).unlink()
     err = cli_error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.parquet")])
     assert "100 sequences missing in 2 range(s): [50, 100), [150, 200)" in err
     assert not (tmp_path / "m.parquet").exists()
@@ -83,9 +83,9 @@ def test_gaps_are_listed_with_the_command_that_fills_them(capsys, tmp_path, run)
 
 
 def test_equal_duplicates_are_dropped_with_a_warning(capsys, tmp_path, run):
-    expected = shard_rows(run)
-    fp = parse_score_file_name(shard_at(run, 0).name)[0]
-    overlap = expected.iloc[25:75]  # a chunk of another chunking: straddles two shards
+    expected = score_rows(run)
+    fp = parse_score_file_name(score_file_at(run, 0).name)[0]
+    overlap = expected.iloc[25:75]  # a chunk of another chunking: straddles two score files
     overlap.to_csv(run / score_file_name(fp, 25, 75), index=False)
     merge_run(str(run), str(tmp_path / "m.csv"))
     assert "50 duplicate rows with equal values dropped" in capsys.readouterr().err
@@ -93,8 +93,8 @@ def test_equal_duplicates_are_dropped_with_a_warning(capsys, tmp_path, run):
 
 
 def test_conflicting_duplicates_are_an_error(capsys, tmp_path, run):
-    rows = shard_rows(run)
-    fp = parse_score_file_name(shard_at(run, 0).name)[0]
+    rows = score_rows(run)
+    fp = parse_score_file_name(score_file_at(run, 0).name)[0]
     overlap = rows.iloc[25:75].copy()
     overlap.loc[overlap["index"] == 60, "matches"] += 1  # a sound file that disagrees
     overlap["score"] = overlap["matches"] / 32
@@ -122,8 +122,8 @@ def damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["truncated", "row removed", "bit rot"])
 def test_a_damaged_score_file_is_named_with_its_fix_and_resume_scores_it_again(
         capsys, tmp_path, run, how):
-    expected = shard_rows(run)
-    victim = shard_at(run, 100)
+    expected = score_rows(run)
+    victim = score_file_at(run, 100)
     damage(victim, how)
     err = cli_error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.parquet")])
     assert f"score file {victim.name}" in err
@@ -139,7 +139,7 @@ def test_a_damaged_score_file_is_named_with_its_fix_and_resume_scores_it_again(
                                   check_dtype=False)
 
 
-def test_shards_of_other_settings_are_refused(capsys, tmp_path, run, hf_engine, tiny_model_dir,
+def test_score_files_of_other_settings_are_refused(capsys, tmp_path, run, hf_engine, tiny_model_dir,
                                               tiny_dataset):
     other = tmp_path / "other"
     evaluate(evaluation(tiny_model_dir, tiny_dataset, str(other), offset=3), engine=hf_engine)
@@ -161,12 +161,12 @@ def test_s3_output_uploads_as_it_goes_resumes_from_s3_and_merges(
         tmp_path, s3_server, s3_client, s3_bucket, flaky_s3, hf_engine, tiny_model_dir,
         tiny_dataset, base_run):
     url = f"s3://{s3_bucket}/runs/tiny"
-    # Every shard and marker is uploaded through a proxy whose first connections fail.
+    # Every score file and marker is uploaded through a proxy whose first connections fail.
     proxy = flaky_s3(["503", "drop", "503"])
     ev = evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=proxy.endpoint,
                     staging_dir=str(tmp_path / "staging"))
     evaluate(ev, engine=hf_engine)
-    keys = set(s3.list_keys(s3_client, s3_bucket, "runs/tiny/"))
+    keys = set(s3.list_objects(s3_client, s3_bucket, "runs/tiny/"))
     assert "runs/tiny/manifest.json" in keys
     assert len([k for k in keys if "/scores-" in k]) == STOP // 50
     assert proxy.connections > 3  # the failures were met and retried
@@ -176,22 +176,24 @@ def test_s3_output_uploads_as_it_goes_resumes_from_s3_and_merges(
                        staging_dir=str(tmp_path / "staging2"))
     assert evaluate(again, engine=hf_engine)["already_finished"]
 
-    merge_run(url, str(tmp_path / "m.parquet"), s3_endpoint=s3_server)
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
+    merged = merge_run(url, str(tmp_path / "m.parquet"), s3_endpoint=s3_server)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), score_rows(base_run),
                                   check_dtype=False)
+    # The timing comes from the task markers on S3, read while their copy exists.
+    assert merged["timing"]["tasks"] == 1 and merged["timing"]["sequences_scored"] == STOP
 
 
-def test_a_failed_upload_keeps_the_local_shard_and_the_next_start_uploads_it(
+def test_a_failed_upload_keeps_the_local_score_file_and_the_next_start_uploads_it(
         tmp_path, s3_server, s3_client, s3_bucket, restricted_s3_user, hf_engine,
         tiny_model_dir, tiny_dataset, base_run, monkeypatch):
     url = f"s3://{s3_bucket}/runs/down"
     staging = tmp_path / "staging"
-    no_shards = {"Version": "2012-10-17", "Statement": [
+    no_score_files = {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject"],
          "Resource": "*"},
         {"Effect": "Deny", "Action": "s3:PutObject",
          "Resource": f"arn:aws:s3:::{s3_bucket}/runs/down/scores-*"}]}
-    uploader = restricted_s3_user(no_shards)
+    uploader = restricted_s3_user(no_score_files)
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", uploader[0])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", uploader[1])
@@ -199,7 +201,7 @@ def test_a_failed_upload_keeps_the_local_shard_and_the_next_start_uploads_it(
         evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
                             staging_dir=str(staging)), engine=hf_engine)
     staged = list(staging.glob("scores-*.csv"))
-    assert len(staged) == 1  # the first shard, kept although its upload was refused
+    assert len(staged) == 1  # the first score file, kept although its upload was refused
 
     set_auth(s3_server, "inf")  # the same node, now allowed to upload
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"])
@@ -207,8 +209,34 @@ def test_a_failed_upload_keeps_the_local_shard_and_the_next_start_uploads_it(
     evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
                         staging_dir=str(staging)), engine=hf_engine)
     merge_run(url, str(tmp_path / "m.parquet"), s3_endpoint=s3_server)
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), score_rows(base_run),
                                   check_dtype=False)
+
+
+def test_a_marker_whose_upload_failed_is_uploaded_by_the_next_start(
+        capsys, tmp_path, s3_server, s3_bucket, restricted_s3_user, hf_engine, tiny_model_dir,
+        tiny_dataset, monkeypatch):
+    url = f"s3://{s3_bucket}/runs/marker"
+    no_markers = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject"],
+         "Resource": "*"},
+        {"Effect": "Deny", "Action": "s3:PutObject",
+         "Resource": f"arn:aws:s3:::{s3_bucket}/runs/marker/tasks/*"}]}
+    uploader = restricted_s3_user(no_markers)
+    ev = evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
+                    staging_dir=str(tmp_path / "staging"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", uploader[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", uploader[1])
+    with pytest.raises(VmemError, match="denied"):
+        evaluate(ev, engine=hf_engine)  # every score file is up; the marker is only staged
+
+    set_auth(s3_server, "inf")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    status = ["status", url, "--s3-endpoint", s3_server]
+    assert main(status) == 0 and capsys.readouterr().out == "0\n"  # unfinished on S3
+    assert evaluate(ev, engine=hf_engine)["already_finished"]
+    assert main(status) == 0 and capsys.readouterr().out == ""
 
 
 def test_data_parallel_engines_split_the_slice_and_merge_to_the_single_run(
@@ -228,7 +256,7 @@ def test_data_parallel_engines_split_the_slice_and_merge_to_the_single_run(
     parent = json.loads((out / "tasks" / "task-000000000000-000000000200.json").read_text())
     assert parent["parts"] == [[0, 100], [100, 200]]
     merge_run(str(out), str(tmp_path / "m.parquet"))
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), score_rows(base_run),
                                   check_dtype=False)
 
 
@@ -240,5 +268,5 @@ def test_data_parallel_from_python_needs_no_command_line(
     assert evaluate(ev)["parts"] == [[0, 100], [100, 200]]
     assert evaluate(ev) == {"start": 0, "stop": STOP, "already_finished": True}
     merge_run(ev.out, str(tmp_path / "m.parquet"))
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), shard_rows(base_run),
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), score_rows(base_run),
                                   check_dtype=False)

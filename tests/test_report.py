@@ -55,7 +55,7 @@ def write_run(folder: Path, name: str, *, model: str, step: int | None, start: i
                     eos_mode="paper", logprobs=logprobs,
                     data=dict(location="/data/document", layout="merged",
                               num_sequences=FINAL_SEQUENCES, seq_len=2049, dtype="uint16"),
-                    start=start, stop=stop, sequences_per_step=sequences_per_step)
+                    start=start, stop=stop, batch_size=sequences_per_step)
     manifest = dict(vmem_version="0.1.0", settings=settings, fingerprint="0123456789",
                     engine_info={}, step=step, params=params, created="2024-01-01T00:00:00Z")
     (folder / f"{name}.manifest.json").write_text(json.dumps(manifest))

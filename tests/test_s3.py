@@ -65,14 +65,13 @@ def test_objects_round_trip(tmp_path, s3_server, s3_bucket):
     payload = os.urandom(300_000)
     s3.put_bytes(client, s3_bucket, "a/blob", payload)
     assert s3.get_bytes(client, s3_bucket, "a/blob") == payload
-    assert s3.object_size(client, s3_bucket, "a/blob") == len(payload)
     assert s3.get_range(client, s3_bucket, "a/blob", 1234, 250_000) == payload[1234:250_000]
     assert s3.get_range(client, s3_bucket, "a/blob", 5, 5) == b""
     (tmp_path / "up.txt").write_bytes(b"hello")
     s3.upload_file(client, tmp_path / "up.txt", s3_bucket, "a/sub/up.txt")
     s3.download_file(client, s3_bucket, "a/blob", tmp_path / "down.bin")
     assert (tmp_path / "down.bin").read_bytes() == payload
-    assert s3.list_keys(client, s3_bucket, "a/") == ["a/blob", "a/sub/up.txt"]
+    assert s3.list_objects(client, s3_bucket, "a/") == {"a/blob": len(payload), "a/sub/up.txt": 5}
     assert s3.list_objects(client, s3_bucket, "a/", recursive=False) == {"a/blob": len(payload)}
     assert sorted(os.listdir(tmp_path)) == ["down.bin", "up.txt"]
 
@@ -107,8 +106,6 @@ def test_missing_bucket_and_key(s3_server, s3_bucket):
         s3.get_range(client, "no-such-bucket", "k", 0, 10)
     with pytest.raises(VmemError, match=rf"^s3://{s3_bucket}/k: no such object"):
         s3.get_bytes(client, s3_bucket, "k")
-    with pytest.raises(VmemError, match=rf"^s3://{s3_bucket}/k: no such object"):
-        s3.object_size(client, s3_bucket, "k")
 
 
 def test_access_denied(s3_server, s3_bucket, restricted_s3_user, monkeypatch):
@@ -118,10 +115,11 @@ def test_access_denied(s3_server, s3_bucket, restricted_s3_user, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     client = s3.client(s3_server)
-    assert s3.list_keys(client, s3_bucket, "") == ["secret"]  # allowed
-    for read in (s3.get_bytes, s3.object_size):
-        with pytest.raises(VmemError, match=rf"^s3://{s3_bucket}/secret: access denied"):
-            read(client, s3_bucket, "secret")
+    assert list(s3.list_objects(client, s3_bucket, "")) == ["secret"]  # allowed
+    with pytest.raises(VmemError, match=rf"^s3://{s3_bucket}/secret: access denied"):
+        s3.get_bytes(client, s3_bucket, "secret")
+    with pytest.raises(VmemError, match=rf"^s3://{s3_bucket}/secret: access denied"):
+        s3.get_range(client, s3_bucket, "secret", 0, 5)
 
 
 # --- datasets on S3 ------------------------------------------------------------------------------

@@ -64,6 +64,32 @@ def test_s3_run_lists_the_slices_without_a_marker(capsys, tmp_path, s3_server, s
     (["--num-tasks", "2", "--checkpoint", "-1"], "--checkpoint -1"),
     (["--num-tasks", "2", "--checkpoint", "2", "--sequences-per-step", "0"],
      "--sequences-per-step 0"),
+    (["--checkpoint", "0"], "--checkpoint 0: selects no sequences"),
+    (["--checkpoint", "2", "--start", "5", "--stop", "4000"], "must lie inside the range"),
 ])
 def test_bad_status_arguments_are_one_line(capsys, tmp_path, argv, message):
     assert message in cli_error(capsys, ["status", str(tmp_path / "none"), *argv])
+
+
+@pytest.mark.parametrize("text", ['{"x": 1}', "[1]", "{not json", '{"settings": {"start": 0}}'])
+def test_a_damaged_manifest_is_one_line_for_status_merge_and_evaluate(
+        capsys, tmp_path, tiny_model_dir, tiny_dataset, text):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text(text)
+    where = f"{out}/manifest.json: not a"
+    assert where in cli_error(capsys, ["status", str(out)])
+    assert where in cli_error(capsys, ["merge", str(out), "-o", str(tmp_path / "m.parquet")])
+    assert where in cli_error(capsys, [
+        "evaluate", "--model", tiny_model_dir, "--data", tiny_dataset, "--out", str(out),
+        "--start", "0", "--stop", "8", "--engine", "hf", "--no-progress"])
+
+
+def test_an_unusable_s3_endpoint_is_one_line(capsys):
+    err = cli_error(capsys, ["status", "s3://bucket/run", "--s3-endpoint", "not a url"])
+    assert "--s3-endpoint not a url: not a usable endpoint URL" in err
+
+
+def test_a_file_is_no_run_folder(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert "not a folder" in cli_error(capsys, ["status", str(tmp_path / "f"), "--checkpoint", "1"])

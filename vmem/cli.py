@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from vmem.errors import VmemError
+from vmem.quiet import quiet_libraries
 
 DESCRIPTION = """\
 Measure verbatim memorization of training data in language models (Biderman et al., 2023):
@@ -196,6 +195,8 @@ def _dataset(args: argparse.Namespace, path: str):
 def data_command(args: argparse.Namespace) -> None:
     from vmem.io import dataset as datasets
 
+    if args.data_command == "dump":
+        datasets.check_dump_output(args.output)
     found = _dataset(args, args.path)
     if args.data_command == "info":
         print(datasets.describe(found, args.sequences_per_step))
@@ -223,16 +224,13 @@ def spot_command(args: argparse.Namespace) -> None:
 
 def status_command(args: argparse.Namespace) -> None:
     from vmem.evaluation.status import unfinished_tasks
+    from vmem.io.dataset import selected_range
 
-    start, stop = args.start, args.stop
-    if args.checkpoint is not None:
-        if args.checkpoint < 0 or args.sequences_per_step < 1:
-            raise VmemError(f"--checkpoint {args.checkpoint} --sequences-per-step "
-                            f"{args.sequences_per_step}: expected a step >= 0 and a positive "
-                            f"number of sequences")
-        start, stop = 0, args.checkpoint * args.sequences_per_step
-    todo = unfinished_tasks(args.out, args.num_tasks, start=start, stop=stop,
-                            s3_endpoint=args.s3_endpoint)
+    requested = None
+    if (args.start, args.stop, args.checkpoint) != (None, None, None):
+        requested = selected_range(args.start, args.stop, checkpoint=args.checkpoint,
+                                   sequences_per_step=args.sequences_per_step)
+    todo = unfinished_tasks(args.out, args.num_tasks, requested, s3_endpoint=args.s3_endpoint)
     for task in todo:
         print(task)
     print(f"vmem: {len(todo)} of {args.num_tasks} task slices of {args.out} unfinished",
@@ -254,9 +252,10 @@ def report_command(args: argparse.Namespace) -> None:
 
 
 def export_command(args: argparse.Namespace) -> None:
-    from vmem.study.export import export_memorized
+    from vmem.study.export import check_output, export_memorized
     from vmem.study.merged_runs import load_run
 
+    check_output(Path(args.output))
     run = load_run(args.run, s3_endpoint=args.s3_endpoint)
     count = export_memorized(run, _dataset(args, args.data), args.tokens, Path(args.output))
     print(f"vmem export-memorized: {count:,} memorized sequences of {run.name} → {args.output}")
@@ -271,27 +270,6 @@ def demo_command(args: argparse.Namespace) -> None:
 COMMANDS = {"data": data_command, "evaluate": evaluate_command, "spot": spot_command,
             "status": status_command, "merge": merge_command, "report": report_command,
             "export-memorized": export_command, "demo": demo_command}
-
-
-QUIET_DEFAULTS = {
-    "VLLM_LOGGING_LEVEL": "ERROR",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # also read by VllmEngine for its loading bar
-    "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's C++ warnings ("NUMA binding: ...")
-    "PYTHONWARNINGS": "ignore",  # the worker processes' FutureWarnings
-}
-
-
-def quiet_libraries() -> None:
-    """vmem's own progress and warnings only: the libraries' logs, warnings and progress bars
-    are off unless the environment already says otherwise. Environment variables reach vLLM's
-    worker processes; this must run before vLLM, transformers or torch is imported."""
-    for name, value in QUIET_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    if os.environ["VLLM_LOGGING_LEVEL"] == "ERROR":
-        # vLLM warns about Triton while importing, before its own logging is configured.
-        logging.getLogger("vllm").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"(torch|transformers|vllm|huggingface_hub)\b")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import vmem
-from vmem import hardware, pythia
+from vmem import hardware, pythia, quiet
 from vmem.errors import VmemError
 from vmem.evaluation.engine import EngineConfig, build_engine, describe, preflight, resolve
 from vmem.evaluation.run_folder import RunFolder, fingerprint, gaps
@@ -202,7 +202,9 @@ def build_manifest(ev: Evaluation, config: EngineConfig, reasons: dict, dataset:
         "data": {"location": data_location, "layout": dataset.layout,
                  "num_sequences": dataset.num_sequences, "seq_len": dataset.seq_len,
                  "dtype": np.dtype(dataset.dtype).name},
-        "start": start, "stop": stop, "sequences_per_step": ev.sequences_per_step,
+        # Sequences per training step. The key keeps its first name (the flag's alias): it is
+        # fingerprinted, and runs started under that name must resume.
+        "start": start, "stop": stop, "batch_size": ev.sequences_per_step,
     }
     size = pythia.size_of(config.model)
     return {
@@ -236,7 +238,8 @@ def _local_param_count(model: str) -> int | None:
 
 def run_data_parallel(p: Plan) -> dict:
     ev, tp = p.evaluation, p.config.tp
-    if not _todo(p) and p.folder.task_finished(p.lo, p.hi):
+    # The marker first: without it the children read their parts' score files themselves.
+    if p.folder.task_finished(p.lo, p.hi) and not _todo(p):
         print(f"vmem: [{p.lo}, {p.hi}) of {ev.out} is already finished", file=sys.stderr)
         return {"start": p.lo, "stop": p.hi, "already_finished": True}
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -251,17 +254,23 @@ def run_data_parallel(p: Plan) -> dict:
     child_ev = dataclasses.replace(ev, engine=p.config, data_parallel=1, task_id=0, num_tasks=1)
     parts = [task_slice(p.lo, p.hi, rank, ev.data_parallel) for rank in range(ev.data_parallel)]
     children = []
-    for rank, part in enumerate(parts):
-        env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[rank * tp:(rank + 1) * tp])
-        child = subprocess.Popen([sys.executable, "-m", "vmem.evaluation.evaluate"], env=env,
-                                 stdin=subprocess.PIPE, text=True)
-        child.stdin.write(json.dumps({"evaluation": dataclasses.asdict(child_ev),
-                                      "part": part, "choices": p.reasons}))
-        child.stdin.close()
-        children.append(child)
-    failed = [rank for rank, child in enumerate(children) if child.wait() != 0]
+    try:
+        for rank, part in enumerate(parts):
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[rank * tp:(rank + 1) * tp])
+            child = subprocess.Popen([sys.executable, "-m", "vmem.evaluation.evaluate"],
+                                     env=env, stdin=subprocess.PIPE, text=True)
+            children.append(child)
+            child.stdin.write(json.dumps({"evaluation": dataclasses.asdict(child_ev),
+                                          "part": part, "choices": p.reasons,
+                                          "quiet": quiet.is_quiet()}))
+            child.stdin.close()
+        failed = [rank for rank, child in enumerate(children) if child.wait() != 0]
+    except BaseException:  # Ctrl-C, or a child that died before reading its part
+        for child in children:
+            child.terminate()
+        raise
     if failed:
         raise VmemError(f"--data-parallel: engine(s) {failed} failed; rerun the same command "
                         f"to finish what they left")
@@ -294,7 +303,10 @@ def _iso(t: float) -> str:
 
 if __name__ == "__main__":  # a data-parallel child; vLLM's worker processes need this guard
     try:
-        run_part(json.load(sys.stdin))
+        request = json.load(sys.stdin)
+        if request["quiet"]:
+            quiet.quiet_libraries()
+        run_part(request)
     except VmemError as err:
         print(f"vmem: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -24,15 +24,19 @@ from vmem.evaluation.run_folder import (
     TASKS,
     DamagedScoreFile,
     gaps,
+    is_run_file,
+    json_bytes,
     merge_ranges,
+    parse_manifest,
     parse_score_file_name,
     read_score_file,
 )
 from vmem.evaluation.scoring import columns, is_memorized, schema
-from vmem.io.atomic import atomic_path
+from vmem.io.atomic import atomic_path, write_atomic
 from vmem.io.location import Location
-from vmem.study.merged_runs import manifest_beside
 
+# A merged run is NAME.parquet (or NAME.csv) with the run's manifest beside it in this file.
+MANIFEST_SUFFIX = ".manifest.json"
 ScoreFiles = list[tuple[int, int, Path]]  # (start, stop, local path), sorted
 
 
@@ -43,7 +47,7 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
     location = Location(run, s3_endpoint=s3_endpoint)
     if not location.is_folder():
         raise VmemError(f"{run}: no such folder (expected a vmem evaluate --out folder)")
-    with location.local_folder(_run_file) as folder:
+    with location.local_folder(is_run_file) as folder:
         manifest = _read_manifest(folder, run)
         settings, fp = manifest["settings"], manifest["fingerprint"]
         files = _score_files(folder, run, fp, settings)
@@ -53,27 +57,30 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
         if missing:
             _report_missing(run, missing, settings)
         _write(run, files, settings, output, kind)
-    merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"],
-                  timing=_timing(folder))
-    with atomic_path(manifest_beside(output)) as tmp, open(tmp, "w") as f:
-        f.write(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"],
+                      timing=_timing(folder))
+    write_atomic(manifest_beside(output), json_bytes(merged))
     memorized = int(is_memorized(table["matches"], settings["cont_len"]).sum())
     print(f"vmem: merged {len(files)} score files, {merged['rows']} rows into {output}; "
           f"memorized {memorized} ({memorized / max(merged['rows'], 1):.4%})", file=sys.stderr)
     return merged
 
 
-def _run_file(name: str) -> bool:
-    """The files of a run folder that merge reads."""
-    return (name == MANIFEST or name.startswith(f"{TASKS}/")
-            or parse_score_file_name(name) is not None)
+def manifest_beside(table: str) -> str:
+    """`runs/x.parquet` → `runs/x.manifest.json` (also for s3:// URLs)."""
+    return table.rsplit(".", 1)[0] + MANIFEST_SUFFIX
 
 
 def _timing(folder: Path) -> dict:
     """When the run's tasks ran and how fast, from their completion markers."""
-    tasks = [json.loads(p.read_text()) for p in sorted((folder / TASKS).glob("task-*.json"))]
+    tasks = []
+    for path in sorted((folder / TASKS).glob("task-*.json")):
+        try:
+            tasks.append(json.loads(path.read_text()))
+        except (OSError, ValueError):  # timing is a summary: an unreadable marker is left out
+            continue
     # A data-parallel parent's marker only names the parts its children scored and timed.
-    tasks = [t for t in tasks if "scored_now" in t]
+    tasks = [t for t in tasks if isinstance(t, dict) and "scored_now" in t]
     if not tasks:
         return {}
     scored = sum(t["scored_now"] for t in tasks)
@@ -89,7 +96,7 @@ def _read_manifest(folder: Path, run: str) -> dict:
     path = folder / MANIFEST
     if not path.exists():
         raise VmemError(f"{run}: no {MANIFEST} (expected the output folder of vmem evaluate)")
-    return json.loads(path.read_text())
+    return parse_manifest(path.read_bytes(), f"{run}/{MANIFEST}")
 
 
 def _score_files(folder: Path, run: str, fp: str, settings: dict) -> ScoreFiles:
@@ -175,7 +182,7 @@ def fill_command(run: str, settings: dict) -> str:
             "--engine", settings["engine"], "--dtype", settings["dtype"],
             "--prompt-len", str(settings["prompt_len"]), "--cont-len", str(settings["cont_len"]),
             "--offset", str(settings["offset"]),
-            "--sequences-per-step", str(settings["sequences_per_step"])]
+            "--sequences-per-step", str(settings["batch_size"])]
     if settings["eos_mode"] == "allow":
         cmd.append("--allow-eos")
     if settings["logprobs"]:

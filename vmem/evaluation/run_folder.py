@@ -29,6 +29,7 @@ from vmem.evaluation.scoring import COLUMN_TYPES, columns
 from vmem.io.location import Location
 
 SCORE_FILE = re.compile(r"^scores-(?P<fp>[0-9a-f]{10})-(?P<start>\d{12})-(?P<stop>\d{12})\.csv$")
+TASK_MARKER = re.compile(r"^task-(?P<start>\d{12})-(?P<stop>\d{12})\.json$")
 MANIFEST = "manifest.json"
 TASKS = "tasks"
 
@@ -51,6 +52,14 @@ def parse_score_file_name(name: str) -> tuple[str, int, int] | None:
 
 def task_marker_name(start: int, stop: int) -> str:
     return f"{TASKS}/task-{start:012d}-{stop:012d}.json"
+
+
+def is_run_file(name: str) -> bool:
+    """The manifest, a score file or a task marker (not a temporary or foreign file)."""
+    folder, _, base = name.rpartition("/")
+    if folder == TASKS:
+        return TASK_MARKER.match(base) is not None
+    return not folder and (name == MANIFEST or SCORE_FILE.match(name) is not None)
 
 
 class DamagedScoreFile(VmemError):
@@ -127,8 +136,31 @@ def gaps(start: int, stop: int, done: list[tuple[int, int]]) -> list[tuple[int, 
     return todo
 
 
-def _json_bytes(value: dict) -> bytes:
+def json_bytes(value: dict) -> bytes:
+    """A manifest or marker as vmem writes them: indented, keys sorted."""
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def parse_manifest(data: bytes, where: str) -> dict:
+    """A run's manifest, checked for what every reader relies on: a JSON object whose settings
+    hold the range [start, stop), and a fingerprint."""
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise VmemError(f"{where}: not a readable JSON manifest ({err})") from None
+    settings = manifest.get("settings") if isinstance(manifest, dict) else None
+    if not (isinstance(settings, dict) and isinstance(settings.get("start"), int)
+            and isinstance(settings.get("stop"), int)
+            and isinstance(manifest.get("fingerprint"), str)):
+        raise VmemError(f"{where}: not a vmem manifest (expected a JSON object with "
+                        f"settings.start, settings.stop and a fingerprint)")
+    return manifest
+
+
+def finished_tasks(out: Location) -> set[tuple[int, int]]:
+    """The slices whose completion markers are in the run folder `out` (one listing)."""
+    return {(int(m["start"]), int(m["stop"]))
+            for m in map(TASK_MARKER.match, out.child(TASKS).files()) if m}
 
 
 class RunFolder:
@@ -159,7 +191,8 @@ class RunFolder:
     # -- manifest -----------------------------------------------------------------------------
     def manifest(self) -> dict | None:
         """The manifest of the run this folder holds, if any."""
-        return self._read_json(MANIFEST)
+        data = self._read(MANIFEST)
+        return None if data is None else parse_manifest(data, f"{self.out}/{MANIFEST}")
 
     def check_claim(self, manifest: dict, existing: dict | None) -> None:
         """Refuse a folder that holds another run (`existing` is its manifest); writes nothing."""
@@ -181,7 +214,7 @@ class RunFolder:
         existing = self.manifest()
         self.check_claim(manifest, existing)
         if existing is None:
-            self._put(MANIFEST, _json_bytes(manifest))
+            self._put(MANIFEST, json_bytes(manifest))
 
     # -- score files --------------------------------------------------------------------------
     def done_ranges(self, fp: str, settings: dict,
@@ -210,22 +243,11 @@ class RunFolder:
         self._put(score_file_name(fp, start, stop), data)
 
     # -- task markers ----------------------------------------------------------------------------
-    def finished_tasks(self) -> set[tuple[int, int]]:
-        """The slices whose completion markers are in OUT itself (one listing, local or S3; a
-        marker still in the staging folder has not been uploaded)."""
-        names = (self.remote or self.local).child(TASKS).files()
-        found = set()
-        for name in names:
-            parts = name.removeprefix("task-").removesuffix(".json").split("-")
-            if len(parts) == 2 and all(p.isdigit() for p in parts):
-                found.add((int(parts[0]), int(parts[1])))
-        return found
-
     def task_finished(self, start: int, stop: int) -> bool:
-        return self._read_json(task_marker_name(start, stop)) is not None
+        return self._read(task_marker_name(start, stop)) is not None
 
     def finish_task(self, start: int, stop: int, stats: dict) -> None:
-        self._put(task_marker_name(start, stop), _json_bytes(stats))
+        self._put(task_marker_name(start, stop), json_bytes(stats))
 
     # -- storage: the local folder first, then S3 ----------------------------------------------
     def _put(self, name: str, data: bytes) -> None:
@@ -243,13 +265,14 @@ class RunFolder:
         if self.remote and self.remote.exists(name):
             self.remote.delete(name)
 
-    def _read_json(self, name: str) -> dict | None:
+    def _read(self, name: str) -> bytes | None:
+        """The file's bytes (staged locally once read from S3), or None where it is absent."""
         if self.local.exists(name):
-            return json.loads(self.local.read_bytes(name))
+            return self.local.read_bytes(name)
         if self.remote and self.remote.exists(name):
             data = self.remote.read_bytes(name)
             self.local.put_bytes(name, data)  # staged: the next look needs no request
-            return json.loads(data)
+            return data
         return None
 
     def _names(self) -> set[str]:
@@ -257,10 +280,10 @@ class RunFolder:
         return names | set(self.remote.files()) if self.remote else names
 
     def _upload_pending(self) -> None:
-        """Score files staged locally whose upload failed last time go up now, before anything
-        new."""
+        """Files staged locally whose upload failed last time (score files, the manifest, task
+        markers) go up now, before anything new."""
         if not self.remote:
             return
-        for name in sorted(set(self.local.files()) - set(self.remote.files())):
-            if parse_score_file_name(name):
-                self.remote.put_file(name, self.local.join(name))
+        staged = filter(is_run_file, self.local.files(recursive=True))
+        for name in sorted(set(staged) - set(self.remote.files(recursive=True))):
+            self.remote.put_file(name, self.local.join(name))

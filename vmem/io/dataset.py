@@ -216,11 +216,13 @@ def step_of(index: int, sequences_per_step: int = SEQUENCES_PER_STEP) -> int:
     return index // sequences_per_step
 
 
-def resolve_range(dataset: Dataset, start: int | None, stop: int | None, step: int | None = None,
-                  checkpoint: int | None = None,
-                  sequences_per_step: int = SEQUENCES_PER_STEP) -> tuple[int, int]:
-    """The index range that --start/--stop, --step or --checkpoint select, checked against the
-    dataset. With --step or --checkpoint, --start/--stop may narrow the range inside it."""
+def selected_range(start: int | None, stop: int | None, step: int | None = None,
+                   checkpoint: int | None = None,
+                   sequences_per_step: int = SEQUENCES_PER_STEP,
+                   available: str = "") -> tuple[int, int]:
+    """The index range that --start/--stop, --step or --checkpoint select (not yet checked
+    against a dataset). With --step or --checkpoint, --start/--stop may narrow the range inside
+    it. `available` ends the message that asks for a range."""
     if step is not None and checkpoint is not None:
         raise VmemError("give --step or --checkpoint, not both")
     if step is not None or checkpoint is not None:
@@ -237,13 +239,24 @@ def resolve_range(dataset: Dataset, start: int | None, stop: int | None, step: i
     else:
         flag = f"--start {start} --stop {stop}"
         if start is None or stop is None:
-            raise VmemError(f"give --start and --stop (or --step / --checkpoint): "
-                            f"{dataset.location} has sequences [0, {dataset.num_sequences})")
+            raise VmemError(f"give --start and --stop (or --step / --checkpoint){available}")
     if stop <= start:
         raise VmemError(f"{flag}: selects no sequences (--stop must be greater than --start)")
+    return start, stop
+
+
+def resolve_range(dataset: Dataset, start: int | None, stop: int | None, step: int | None = None,
+                  checkpoint: int | None = None,
+                  sequences_per_step: int = SEQUENCES_PER_STEP) -> tuple[int, int]:
+    """`selected_range`, checked against the dataset."""
+    has = f"sequences [0, {dataset.num_sequences})"
+    start, stop = selected_range(start, stop, step, checkpoint, sequences_per_step,
+                                 available=f": {dataset.location} has {has}")
     if start < 0 or stop > dataset.num_sequences:
+        flag = (f"--step {step}" if step is not None else f"--checkpoint {checkpoint}"
+                if checkpoint is not None else f"--start {start} --stop {stop}")
         raise VmemError(f"{flag}: selects [{start}, {stop}), outside {dataset.location}, which "
-                        f"has sequences [0, {dataset.num_sequences})")
+                        f"has {has}")
     return start, stop
 
 
@@ -328,13 +341,17 @@ def describe(dataset: Dataset, sequences_per_step: int = SEQUENCES_PER_STEP) -> 
     return "\n".join(lines)
 
 
-def dump(dataset: Dataset, start: int, stop: int, output: str) -> None:
-    """Rows [start, stop) as a 2-D .npy file, written atomically."""
+def check_dump_output(output: str) -> None:
+    """What `dump` writes must be a .npy in an existing folder (checked before any read)."""
     if not output.endswith(".npy"):
         raise VmemError(f"-o {output}: expected a local FILE.npy")
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise VmemError(f"-o {output}: the folder {folder} does not exist")
+
+
+def dump(dataset: Dataset, start: int, stop: int, output: str) -> None:
+    """Rows [start, stop) as a 2-D .npy file (see check_dump_output), written atomically."""
     with atomic_path(output) as tmp:
         rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dataset.dtype,
                                          shape=(stop - start, dataset.seq_len))

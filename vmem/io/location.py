@@ -137,7 +137,7 @@ class Location:
             return
         with tempfile.TemporaryDirectory(prefix="vmem-") as tmp:
             path = os.path.join(tmp, os.path.basename(name))
-            self.download(name, path)
+            self._download(name, path)
             yield path
 
     @contextmanager
@@ -148,19 +148,16 @@ class Location:
             return
         with tempfile.TemporaryDirectory(prefix="vmem-") as tmp:
             for name in sorted(self.files(recursive=True)):
+                if ".." in name.split("/"):  # a key that would land outside the copy
+                    raise VmemError(f"{self.join(name)}: a key with '..' in its path")
                 if keep(name):
-                    self.download(name, os.path.join(tmp, name))
+                    self._download(name, os.path.join(tmp, name))
             yield Path(tmp)
 
-    def download(self, name: str, path: str | os.PathLike) -> None:
-        """Copy the file to local `path`, which appears only once the copy is whole."""
-        if self.remote:
-            from vmem.io import s3
+    def _download(self, name: str, path: str) -> None:
+        from vmem.io import s3
 
-            s3.download_file(self._client, self.bucket, self._key(name), path)
-        else:
-            with atomic_path(path) as tmp:
-                shutil.copyfile(self.join(name), tmp)
+        s3.download_file(self._client, self.bucket, self._key(name), path)
 
     # -- writing --------------------------------------------------------------------------------
     def put_bytes(self, name: str, data: bytes) -> None:

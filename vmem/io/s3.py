@@ -75,8 +75,13 @@ def client(endpoint: str | None = None):
     # sharing the loader keeps it cheap (the service models are parsed once per process).
     session = botocore.session.Session()
     session.register_component("data_loader", _LOADER)
-    return boto3.session.Session(botocore_session=session).client(
-        "s3", endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL"), config=config)
+    url = endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    try:
+        return boto3.session.Session(botocore_session=session).client(
+            "s3", endpoint_url=url, config=config)
+    except ValueError as err:  # botocore's "Invalid endpoint: ..."
+        raise VmemError(f"--s3-endpoint {url}: not a usable endpoint URL ({err}); expected "
+                        f"e.g. https://host:port") from None
 
 
 def _retrying(url: str, action: Callable[[], T]) -> T:
@@ -124,11 +129,6 @@ def get_range(client, bucket: str, key: str, start: int, stop: int) -> bytes:
     return _retrying(s3_url(bucket, key), get)
 
 
-def object_size(client, bucket: str, key: str) -> int:
-    return _retrying(s3_url(bucket, key),
-                     lambda: client.head_object(Bucket=bucket, Key=key)["ContentLength"])
-
-
 def list_objects(client, bucket: str, prefix: str, *, recursive: bool = True) -> dict[str, int]:
     """Key → size of the objects under `prefix` (only its direct children if not recursive)."""
     sizes: dict[str, int] = {}
@@ -144,11 +144,6 @@ def list_objects(client, bucket: str, prefix: str, *, recursive: bool = True) ->
         if not page.get("IsTruncated"):
             return sizes
         token = page["NextContinuationToken"]
-
-
-def list_keys(client, bucket: str, prefix: str) -> list[str]:
-    """All keys under `prefix`, sorted."""
-    return sorted(list_objects(client, bucket, prefix))
 
 
 def get_bytes(client, bucket: str, key: str) -> bytes:

@@ -21,10 +21,15 @@ MAX_SPAN = 1024  # ... but a span never crosses a multiple of this many sequence
 ROWS_PER_GROUP = 65_536
 
 
-def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Path) -> int:
-    """Write the run's memorized sequences with their first `tokens` tokens; returns how many."""
+def check_output(out: Path) -> None:
+    """Checked before the run and the dataset are loaded."""
     if out.suffix != ".parquet":
         raise VmemError(f"{out}: -o must name a .parquet file")
+
+
+def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Path) -> int:
+    """Write the run's memorized sequences with their first `tokens` tokens to `out` (see
+    check_output); returns how many."""
     if not 1 <= tokens <= dataset.seq_len:
         raise VmemError(f"--tokens {tokens}: expected 1..{dataset.seq_len} (the sequence "
                         f"length of {dataset.location})")

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 
 from vmem import pythia
 from vmem.errors import VmemError
+from vmem.evaluation.merge import MANIFEST_SUFFIX, manifest_beside
 from vmem.evaluation.scoring import COLUMNS_IN_WORDS
 from vmem.io.location import Location, split
 
 TABLE_SUFFIXES = (".parquet", ".csv")
-MANIFEST_SUFFIX = ".manifest.json"
 BATCH_ROWS = 1 << 20
 OTHER_SUITE = "other"  # every non-Pythia model: one suite, compared among themselves
 # A local checkpoint folder MODEL/stepN (as `vmem demo` saves them) is a checkpoint of MODEL.
@@ -97,11 +97,6 @@ def load_runs(results: str, *, s3_endpoint: str | None = None) -> list[Run]:
     return [load_run(f.table, s3_endpoint=s3_endpoint) for f in files]
 
 
-def manifest_beside(table: str) -> str:
-    """`runs/x.parquet` → `runs/x.manifest.json` (also for s3:// URLs)."""
-    return table.rsplit(".", 1)[0] + MANIFEST_SUFFIX
-
-
 def load_run(table: str, *, s3_endpoint: str | None = None) -> Run:
     """One merged run; its manifest is `NAME.manifest.json` beside the table."""
     if not table.endswith(TABLE_SUFFIXES):
@@ -142,7 +137,7 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
         suite=pythia.suite_of(model) or OTHER_SUITE,
         step=None if step is None else int(step), params=None if params is None else int(params),
         start=start, stop=stop, cont_len=cont_len,
-        sequences_per_step=int(settings.get("sequences_per_step") or pythia.SEQUENCES_PER_STEP),
+        sequences_per_step=int(settings.get("batch_size") or pythia.SEQUENCES_PER_STEP),
         tokens_per_sequence=int(data.get("seq_len") or pythia.TOKENS_PER_SEQUENCE + 1) - 1,
         matches=np.empty(stop - start, dtype=np.uint8),
         cont_logprob=np.empty(stop - start, dtype=np.float32) if settings.get("logprobs")
