@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # (a) the seed's method and (b) transformers + KV cache on one GPU, fp16, for the pythia-1b and
-# pythia-12b shapes (random weights), with a bf16 torch.matmul roofline; appends to
-# bench/RESULTS.md. At most ~8 minutes: each shape runs under its own time limit.
+# pythia-12b shapes (random weights), with a bf16 torch.matmul roofline; then vmem's transformers
+# engine, generation against the verification pass, for pythia-1b. Appends to bench/RESULTS.md.
+# At most ~8 minutes: each step runs under its own time limit.
 # Needs a Python with CUDA torch, transformers and numpy (not vLLM): PYTHON=... bench/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +13,13 @@ common=(--methods seed,hf --dtypes float16 --peak-dtype bfloat16 --device cuda -
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 
 # pythia-1b: 2 GB of fp16 weights; the seed's batch 1024 fits, (b) tries up to 1024 rows.
-timeout 200 "$PYTHON" bench/throughput.py --shape pythia-1b "${common[@]}" \
+timeout 170 "$PYTHON" bench/throughput.py --shape pythia-1b "${common[@]}" \
     --n-seed 1024 --n-hf 2048 --hf-batch-sizes 256,1024 --note "GPU, (a)/(b) only"
 # pythia-12b: 24 GB of weights; a KV cache of 64 tokens is ~0.74 MB per sequence, so (b) stays
 # at <= 256 rows, and (a) runs one batch of 128 (its FLOPs per row are ~24x (b)'s).
-timeout 270 "$PYTHON" bench/throughput.py --shape pythia-12b "${common[@]}" \
+timeout 230 "$PYTHON" bench/throughput.py --shape pythia-12b "${common[@]}" \
     --n-seed 128 --n-hf 512 --hf-batch-sizes 64,256 --note "GPU, (a)/(b) only"
+# Generation against the verification pass in vmem's own engine (pythia-12b's 24 GB would take
+# most of the budget to write and load, so only 1b here).
+timeout 80 env PYTHONPATH=. "$PYTHON" bench/engine_speed.py --shape pythia-1b --dtype float16 \
+    --n 4096 --note "GPU"

@@ -11,6 +11,9 @@ import pytest
 from vmem import cli
 from vmem.demo import corpus as minicorpus
 from vmem.demo.run import QUICK
+from vmem.evaluation.engine import EngineConfig, build_engine
+from vmem.evaluation.evaluate import Evaluation, evaluate
+from vmem.evaluation.merge import merge_run
 from vmem.io.dataset import open_dataset
 
 
@@ -118,3 +121,38 @@ def test_rerun_with_other_settings_is_one_clear_error(demo, capsys):
     assert cli.main(["demo", "--out", str(demo), "--engine", "hf"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(demo) in err[0] and "--quick" in err[0]
+
+
+def _scored(demo, tmp_path, model, method: str, engine) -> pd.DataFrame:
+    """One checkpoint on the sequences it has seen, in float32, merged."""
+    out = tmp_path / f"{model.parent.name}-{model.name}-{method}-{engine.cfg.engine}"
+    evaluate(Evaluation(engine=engine.cfg, data=str(demo / "data"), out=str(out),
+                        checkpoint=int(model.name.removeprefix("step")),
+                        sequences_per_step=QUICK.sequences_per_step, method=method,
+                        chunk_size=2048, progress=False), engine=engine)
+    merge_run(str(out), f"{out}.parquet")
+    return pd.read_parquet(f"{out}.parquet")
+
+
+def test_verification_equals_generation_on_every_checkpoint(demo, tmp_path):
+    # Real memorization (trained models): the verification pass's flags and prefix matches
+    # equal generation's on every sequence of every (size, checkpoint), in float32; and vLLM's
+    # verification equals transformers' on the largest model's final checkpoint.
+    models = sorted((demo / "models").glob("*/step*"))
+    assert len(models) == len(QUICK.sizes) * len(QUICK.checkpoints)
+    memorized, verified_by_model = 0, {}
+    for model in models:
+        hf = build_engine(EngineConfig(str(model), engine="hf", dtype="float32"))
+        generated = _scored(demo, tmp_path, model, "generate", hf)
+        verified = _scored(demo, tmp_path, model, "verify", hf)
+        np.testing.assert_array_equal(verified["prefix_match"], generated["prefix_match"])
+        np.testing.assert_array_equal(verified["memorized"], generated["matches"] == 32)
+        memorized += int(verified["memorized"].sum())
+        verified_by_model[model] = verified
+    assert memorized >= 50  # the comparison covers real memorized sequences
+    final = max(models, key=lambda m: (QUICK.sizes.index(m.parent.name),
+                                       int(m.name.removeprefix("step"))))
+    vllm = build_engine(EngineConfig(str(final), engine="vllm", dtype="float32",
+                                     enforce_eager=True))
+    pd.testing.assert_frame_equal(_scored(demo, tmp_path, final, "verify", vllm),
+                                  verified_by_model[final])

@@ -101,8 +101,10 @@ def test_logprobs_of_the_true_continuation(tmp_path, vllm_engine, hf_engine, tin
                logprobs=True)
     prompts = tiny_tokens[:64, :32].astype(np.int64)
     truth = tiny_tokens[:64, 32:64].astype(np.int64)
-    np.testing.assert_allclose(rows["cont_logprob"], hf_engine.continuation_logprobs(
-        prompts, truth), rtol=1e-4, atol=1e-3)
+    _, token_logprobs = hf_engine.teacher_forced(np.concatenate([prompts, truth], axis=1), 32,
+                                                 False, True)
+    np.testing.assert_allclose(rows["cont_logprob"], token_logprobs.sum(axis=1), rtol=1e-4,
+                               atol=1e-3)
     # A memorized continuation is near-certain; a random one is not.
     assert rows.loc[rows["score"] == 1.0, "cont_logprob"].min() > -1.0
     assert rows.loc[rows["index"] >= MEMORIZED, "cont_logprob"].max() < -50

@@ -40,6 +40,15 @@ def _add_sequences_per_step(p: argparse.ArgumentParser) -> None:
                    help="sequences per training step (Pythia: 1024)")
 
 
+def _prompt_lens(text: str) -> int | list[int]:
+    try:
+        lens = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of tokens, or several "
+                                         f"separated by commas") from None
+    return lens[0] if len(lens) == 1 else lens
+
+
 def _add_range(p: argparse.ArgumentParser, *, checkpoint: bool) -> None:
     p.add_argument("--start", type=int, default=None, help="first sequence index")
     p.add_argument("--stop", type=int, default=None, help="one past the last sequence index")
@@ -65,7 +74,13 @@ def _add_engine(p: argparse.ArgumentParser, *, engine: str) -> None:
                    help="auto: float16 on GPU (as the paper); on CPU bfloat16 where the CPU "
                         "computes it natively (AMX, AVX512-BF16), else float32")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (GPUs per engine)")
-    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--method", choices=["generate", "verify"], default="generate",
+                   help="generate: greedy decoding, the paper's fractional score; verify: one "
+                        "teacher-forced pass decides memorized and the prefix match exactly, "
+                        "without decoding")
+    p.add_argument("--prompt-len", type=_prompt_lens, default=32, metavar="P[,P...]",
+                   help="prompt tokens (default 32); several lengths, e.g. 32,64,128, in one "
+                        "--method verify pass")
     p.add_argument("--cont-len", type=int, default=32)
     p.add_argument("--offset", type=int, default=0, help="token offset of the prompt in a sequence")
     p.add_argument("--allow-eos", action="store_true",
@@ -216,10 +231,12 @@ def evaluate_command(args: argparse.Namespace) -> None:
 def spot_command(args: argparse.Namespace) -> None:
     from vmem.evaluation.spot import spot
 
+    if isinstance(args.prompt_len, list):
+        raise VmemError("--prompt-len: vmem spot takes one prompt length")
     print(spot(_dataset(args, args.data), args.index, engine_config(args),
                prompt_len=args.prompt_len, cont_len=args.cont_len, offset=args.offset,
                allow_eos=args.allow_eos, sequences_per_step=args.sequences_per_step,
-               tokenizer=args.tokenizer))
+               method=args.method, tokenizer=args.tokenizer))
 
 
 def status_command(args: argparse.Namespace) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vmem.evaluation.scoring import is_memorized
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
 
@@ -19,7 +18,7 @@ def duplication_table(runs: list[Run], counts: np.ndarray) -> pd.DataFrame:
     rows = []
     for run in runs:
         seen = counts[run.start:run.stop]
-        memorized = is_memorized(run.matches, run.cont_len)
+        memorized = run.memorized()
         bins = np.floor(np.log2(seen)).astype(np.int64)
         for b in np.unique(bins):
             inside = bins == b

@@ -5,9 +5,13 @@ greedy continuation, int64 (n, cont_len); one engine serves any EOS mode and any
 cont_len up to `EngineConfig.max_len` - 1. Paper
 mode masks end-of-text for all cont_len steps, as the paper's `min_length=64` did; `allow_eos`
 lets the model emit it and keeps generating to cont_len tokens.
-`continuation_logprobs(prompts, continuations)` is the teacher-forced log-probability of the true
-continuation (sum over its tokens). `describe(cfg)` names the engine, its versions and settings,
-for manifests and completion markers.
+`teacher_forced(tokens, first, allow_eos, logprobs)` is one forward pass over true tokens (n, T):
+for each target position t in [first, T), the token greedy decoding would choose after the true
+prefix tokens[:t] (end-of-text masked in paper mode, as in `generate`), and with `logprobs` the
+log-probability of the true token tokens[t]. Greedy generation from tokens[:p] reproduces the
+truth exactly as long as those choices equal it, so this pass decides memorization without
+decoding (`--method verify`), and its log-probs are `--logprobs`. `describe(cfg)` names the
+engine, its versions and settings, for manifests and completion markers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from vmem import hardware
 from vmem.errors import VmemError, first_line
 
 GiB = 1 << 30
+TEACHER_LOGIT_BYTES = 512 << 20  # float32 logits one teacher-forced pass may hold
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -260,8 +265,10 @@ class VllmEngine:
         except Exception as err:  # vLLM raises many types; the user needs one line
             reason = first_line(err)
             raise VmemError(f"model '{cfg.model}': vLLM could not start: {reason}") from None
-        self.scoring = SamplingParams(
-            temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False
+        # The top two tokens at each prompt position: the greedy choice is the first, or in
+        # paper mode the second where the first is end-of-text.
+        self.teacher = SamplingParams(
+            temperature=0.0, max_tokens=1, prompt_logprobs=2, detokenize=False
         )
 
     def _sampling(self, cont_len: int, allow_eos: bool):
@@ -284,16 +291,25 @@ class VllmEngine:
                                f"{(len(prompts), cont_len)}")
         return generated
 
-    def continuation_logprobs(self, prompts: np.ndarray, continuations: np.ndarray) -> np.ndarray:
-        full = np.concatenate([prompts, continuations], axis=1)
-        outputs = self.llm.generate(_token_prompts(full), self.scoring, use_tqdm=False)
-        p = prompts.shape[1]
-        sums = np.empty(len(full), dtype=np.float64)
-        for row, (tokens, out) in enumerate(zip(full, outputs, strict=True)):
-            # prompt_logprobs[j] holds the log-prob of token j given tokens[:j].
-            sums[row] = sum(out.prompt_logprobs[j][int(tokens[j])].logprob
-                            for j in range(p, len(tokens)))
-        return sums
+    def teacher_forced(self, tokens: np.ndarray, first: int, allow_eos: bool,
+                       logprobs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.llm.generate(_token_prompts(tokens), self.teacher, use_tqdm=False)
+        width = tokens.shape[1] - first
+        greedy = np.empty((len(tokens), width), dtype=np.int64)
+        token_logprobs = np.empty((len(tokens), width)) if logprobs else None
+        for row, (truth, out) in enumerate(zip(tokens.tolist(), outputs, strict=True)):
+            # prompt_logprobs[t] maps token ids to Logprob(logprob, rank) for position t given
+            # tokens[:t]: the top two by rank, and the true token.
+            for k, t in enumerate(range(first, len(truth))):
+                entry = out.prompt_logprobs[t]
+                by_rank = sorted((lp.rank, token) for token, lp in entry.items())
+                choice = by_rank[0][1]
+                if not allow_eos and choice == self.eos:
+                    choice = by_rank[1][1]
+                greedy[row, k] = choice
+                if logprobs:
+                    token_logprobs[row, k] = entry[truth[t]].logprob
+        return greedy, token_logprobs
 
 
 def _token_prompts(rows: np.ndarray) -> list:
@@ -352,18 +368,29 @@ class HfEngine:
                     cache, logits = out.past_key_values, out.logits[:, -1, :]
             return torch.cat(steps, dim=1).cpu().numpy()
 
-    def continuation_logprobs(self, prompts: np.ndarray, continuations: np.ndarray) -> np.ndarray:
+    def teacher_forced(self, tokens: np.ndarray, first: int, allow_eos: bool,
+                       logprobs: bool) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
-        sums = []
-        p = prompts.shape[1]
+        width = tokens.shape[1] - first
+        # Rows per pass: the float32 logits of the target positions, (rows, width, vocab), stay
+        # within TEACHER_LOGIT_BYTES.
+        vocab = self.model.config.vocab_size
+        rows = max(1, min(self.rows_per_pass, TEACHER_LOGIT_BYTES // (4 * width * vocab)))
+        greedy, token_logprobs = [], []
         with torch.inference_mode():
-            for i in range(0, len(prompts), self.rows_per_pass):
-                full = np.concatenate([prompts[i:i + self.rows_per_pass],
-                                       continuations[i:i + self.rows_per_pass]], axis=1)
-                ids = torch.from_numpy(full.astype(np.int64)).to(self.device)
-                logp = torch.log_softmax(self.model(input_ids=ids).logits.float(), dim=-1)
-                # logits at j-1 predict token j.
-                picked = logp[:, p - 1:-1, :].gather(2, ids[:, p:, None]).squeeze(2)
-                sums.append(picked.sum(dim=1).double().cpu().numpy())
-        return np.concatenate(sums) if sums else np.zeros(0)
+            for i in range(0, len(tokens), rows):
+                ids = torch.from_numpy(np.ascontiguousarray(tokens[i:i + rows], dtype=np.int64))
+                ids = ids.to(self.device)
+                # Logits at t - 1 predict token t: keep positions first - 1 .. T - 2 only.
+                logits = self.model(input_ids=ids, logits_to_keep=width + 1).logits[:, :-1]
+                logits = logits.float()
+                if logprobs:
+                    picked = torch.log_softmax(logits, dim=-1).gather(2, ids[:, first:, None])
+                    token_logprobs.append(picked.squeeze(2).double().cpu().numpy())
+                if not allow_eos:
+                    logits[:, :, self.eos] = -float("inf")
+                greedy.append(logits.argmax(dim=-1).cpu().numpy())
+        if not greedy:
+            return np.zeros((0, width), np.int64), np.zeros((0, width)) if logprobs else None
+        return np.concatenate(greedy), np.concatenate(token_logprobs) if logprobs else None

@@ -1,6 +1,7 @@
 """vmem's main job: score every sequence of an index range for memorization.
 
-source (dataset) → batches (prefetched) → engine (greedy continuation) → scores → score files.
+source (dataset) → batches (prefetched) → engine (greedy continuation, or one teacher-forced pass
+with `--method verify`) → scores → score files.
 
 `plan` decides everything before an engine starts or a file is written: the range, this task's
 slice, the resolved engine settings, the manifest. `run` does one slice with one engine: each
@@ -29,7 +30,15 @@ from vmem import hardware, pythia, quiet
 from vmem.errors import VmemError
 from vmem.evaluation.engine import EngineConfig, build_engine, describe, preflight, resolve
 from vmem.evaluation.run_folder import RunFolder, fingerprint, gaps
-from vmem.evaluation.scoring import is_memorized, score_batch, score_csv
+from vmem.evaluation.scoring import (
+    GENERATE,
+    VERIFY,
+    columns,
+    generation_values,
+    memorized_column,
+    score_csv,
+    verification_values,
+)
 from vmem.evaluation.slicing import task_from_env, task_slice
 from vmem.io.dataset import Dataset, check_window, iter_batches, open_dataset, resolve_range
 from vmem.io.location import is_s3
@@ -47,7 +56,8 @@ class Evaluation:
     start: int | None = None
     stop: int | None = None
     checkpoint: int | None = None
-    prompt_len: int = 32
+    method: str = GENERATE  # or VERIFY: the memorized flag and prefix match from one pass
+    prompt_len: int | list[int] = 32  # several lengths (at one offset) with --method verify
     cont_len: int = 32
     offset: int = 0
     allow_eos: bool = False
@@ -87,22 +97,36 @@ class Plan:
     hi: int
 
 
+def _prompt_lens(ev: Evaluation) -> list[int]:
+    lens = ev.prompt_len if isinstance(ev.prompt_len, list) else [ev.prompt_len]
+    if ev.method not in (GENERATE, VERIFY):
+        raise VmemError(f"--method {ev.method}: expected {GENERATE} or {VERIFY}")
+    if len(lens) != len(set(lens)) or lens != sorted(lens):
+        raise VmemError(f"--prompt-len {','.join(map(str, lens))}: expected increasing lengths")
+    if len(lens) > 1 and ev.method != VERIFY:
+        raise VmemError(f"--prompt-len {','.join(map(str, lens))}: several prompt lengths in "
+                        f"one run need --method verify (generation takes one at a time)")
+    return lens
+
+
 def plan(ev: Evaluation) -> Plan:
     if ev.chunk_size < 1:
         raise VmemError(f"--chunk-size {ev.chunk_size}: expected a positive number")
+    lens = _prompt_lens(ev)
     if ev.data_parallel < 1:
         raise VmemError(f"--data-parallel {ev.data_parallel}: expected a positive number")
     dataset = open_dataset(ev.data, seq_len=ev.seq_len, dtype=ev.data_dtype,
                            s3_endpoint=ev.s3_endpoint)
     start, stop = resolve_range(dataset, ev.start, ev.stop, checkpoint=ev.checkpoint,
                                 sequences_per_step=ev.sequences_per_step)
-    check_window(dataset, ev.prompt_len, ev.cont_len, ev.offset)  # before an engine starts
+    for length in lens:  # before an engine starts
+        check_window(dataset, length, ev.cont_len, ev.offset)
     folder = RunFolder(ev.out, staging_dir=ev.staging_dir, s3_endpoint=ev.s3_endpoint)
     folder.check_writable()
     existing = folder.manifest()
     requested = dataclasses.replace(
         ev.engine, revision=revision_for(ev.engine.model, ev.engine.revision, ev.checkpoint),
-        max_len=ev.prompt_len + ev.cont_len + 1)
+        max_len=lens[-1] + ev.cont_len + 1)
     config, reasons = resolve(requested, (existing or {}).get("settings"))
     model_config = preflight(config)
     manifest = build_manifest(ev, config, reasons, dataset, start, stop)
@@ -152,23 +176,21 @@ def run(p: Plan, engine=None) -> dict:
     folder.claim(p.manifest)
     ready = time.time()
     engine_seconds, scored, memorized = 0.0, 0, 0
-    fp = p.manifest["fingerprint"]
+    settings, fp = p.manifest["settings"], p.manifest["fingerprint"]
+    names, flag = columns(settings), memorized_column(settings)
+    lens = _prompt_lens(ev)
     bar = _progress(ev, hi - lo, hi - lo - remaining)
     for a, b in todo:
-        for batch in iter_batches(p.dataset, a, b, rows=ev.chunk_size, prompt_len=ev.prompt_len,
+        for batch in iter_batches(p.dataset, a, b, rows=ev.chunk_size, prompt_len=lens[-1],
                                   cont_len=ev.cont_len, offset=ev.offset):
             t0 = time.perf_counter()
-            generated = engine.generate(batch.prompts, ev.cont_len, ev.allow_eos)
-            logprob = (engine.continuation_logprobs(batch.prompts, batch.continuations)
-                       if ev.logprobs else None)
+            values = _score(engine, ev, lens, batch.prompts, batch.continuations)
             engine_seconds += time.perf_counter() - t0
-            matches, prefix = score_batch(generated, batch.continuations)
             first, last = int(batch.indices[0]), int(batch.indices[-1]) + 1
-            folder.write_score_file(fp, first, last,
-                                    score_csv(batch.indices, matches, prefix, ev.cont_len,
-                                              logprob))
+            folder.write_score_file(fp, first, last, score_csv(batch.indices, values, names))
             scored += len(batch.indices)
-            memorized += int(is_memorized(matches, ev.cont_len).sum())
+            flags = values[flag]
+            memorized += int((flags if flag == "memorized" else flags == ev.cont_len).sum())
             if bar is not None:
                 bar.update(len(batch.indices))
     if bar is not None:
@@ -191,13 +213,30 @@ def run(p: Plan, engine=None) -> dict:
     return stats
 
 
+def _score(engine, ev: Evaluation, lens: list[int], prompts: np.ndarray,
+           continuations: np.ndarray) -> dict[str, np.ndarray]:
+    """One batch's columns: greedy generation, or one teacher-forced pass (verify)."""
+    tokens = np.concatenate([prompts, continuations], axis=1)
+    if ev.method == VERIFY:
+        greedy, token_logprobs = engine.teacher_forced(tokens, lens[0], ev.allow_eos,
+                                                       ev.logprobs)
+        return verification_values(greedy, token_logprobs, tokens, lens, ev.cont_len)
+    generated = engine.generate(prompts, ev.cont_len, ev.allow_eos)
+    cont_logprob = None
+    if ev.logprobs:
+        cont_logprob = engine.teacher_forced(tokens, lens[0], ev.allow_eos, True)[1].sum(axis=1)
+    return generation_values(generated, continuations, cont_logprob)
+
+
 def build_manifest(ev: Evaluation, config: EngineConfig, reasons: dict, dataset: Dataset,
                    start: int, stop: int) -> dict:
     data_location = dataset.location if is_s3(ev.data) else os.path.abspath(dataset.location)
+    lens = _prompt_lens(ev)
     settings = {
         "model": config.model, "revision": config.revision,
         "dtype": config.dtype, "engine": config.engine,
-        "prompt_len": ev.prompt_len, "cont_len": ev.cont_len, "offset": ev.offset,
+        "prompt_len": lens[0] if len(lens) == 1 else lens, "cont_len": ev.cont_len,
+        "offset": ev.offset,
         "eos_mode": "allow" if ev.allow_eos else "paper", "logprobs": ev.logprobs,
         "data": {"location": data_location, "layout": dataset.layout,
                  "num_sequences": dataset.num_sequences, "seq_len": dataset.seq_len,
@@ -206,6 +245,8 @@ def build_manifest(ev: Evaluation, config: EngineConfig, reasons: dict, dataset:
         # fingerprinted, and runs started under that name must resume.
         "start": start, "stop": stop, "batch_size": ev.sequences_per_step,
     }
+    if ev.method != GENERATE:  # a generation run's settings (and fingerprint) stay as they were
+        settings["method"] = ev.method
     size = pythia.size_of(config.model)
     return {
         "vmem_version": vmem.__version__,

@@ -31,7 +31,15 @@ from vmem.evaluation.run_folder import (
     parse_score_file_name,
     read_score_file,
 )
-from vmem.evaluation.scoring import columns, is_memorized, schema
+from vmem.evaluation.scoring import (
+    GENERATE,
+    column_type,
+    columns,
+    memorized_column,
+    method,
+    prompt_lens,
+    schema,
+)
 from vmem.io.atomic import atomic_path, write_atomic
 from vmem.io.location import Location
 
@@ -60,7 +68,8 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
         merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"],
                       timing=_timing(folder))
     write_atomic(manifest_beside(output), json_bytes(merged))
-    memorized = int(is_memorized(table["matches"], settings["cont_len"]).sum())
+    flags = table[memorized_column(settings)]
+    memorized = int((flags if flags.dtype == np.bool_ else flags == settings["cont_len"]).sum())
     print(f"vmem: merged {len(files)} score files, {merged['rows']} rows into {output}; "
           f"memorized {memorized} ({memorized / max(merged['rows'], 1):.4%})", file=sys.stderr)
     return merged
@@ -131,17 +140,20 @@ def _load(run: str, files: ScoreFiles, settings: dict) -> dict[str, np.ndarray]:
     """Index-aligned arrays of the whole range; a duplicate must equal what came first."""
     start, stop = settings["start"], settings["stop"]
     n = stop - start
-    arrays = {"seen": np.zeros(n, np.bool_), "matches": np.zeros(n, np.uint8),
-              "prefix_match": np.zeros(n, np.uint8)}
-    if settings["logprobs"]:
-        arrays["cont_logprob"] = np.zeros(n, np.float32)
+    arrays = {"seen": np.zeros(n, np.bool_)}
+    for name in columns(settings)[1:]:
+        if name != "score":  # matches / cont_len
+            kind = column_type(name)
+            # Counts fit a byte (cont_len < 256): a 146M-sequence run stays small.
+            arrays[name] = np.zeros(n, np.bool_ if kind == pa.bool_() else
+                                    np.float32 if pa.types.is_floating(kind) else np.uint8)
     duplicates = 0
     for a, b, path in files:
         table = _read(run, path, a, b, settings)
         window = slice(a - start, b - start)
         seen = arrays["seen"][window]
-        for name in ("matches", "prefix_match", "cont_logprob"):
-            if name not in arrays:
+        for name in arrays:
+            if name == "seen":
                 continue
             values = table[name].to_numpy().astype(arrays[name].dtype)
             target = arrays[name][window]
@@ -180,20 +192,23 @@ def fill_command(run: str, settings: dict) -> str:
         cmd += ["--seq-len", str(data["seq_len"]), "--data-dtype", data["dtype"]]
     cmd += ["--start", str(settings["start"]), "--stop", str(settings["stop"]), "--out", run,
             "--engine", settings["engine"], "--dtype", settings["dtype"],
-            "--prompt-len", str(settings["prompt_len"]), "--cont-len", str(settings["cont_len"]),
+            "--prompt-len", ",".join(map(str, prompt_lens(settings))),
+            "--cont-len", str(settings["cont_len"]),
             "--offset", str(settings["offset"]),
             "--sequences-per-step", str(settings["batch_size"])]
     if settings["eos_mode"] == "allow":
         cmd.append("--allow-eos")
     if settings["logprobs"]:
         cmd.append("--logprobs")
+    if method(settings) != GENERATE:
+        cmd += ["--method", method(settings)]
     return shlex.join(cmd)
 
 
 def _write(run: str, files: ScoreFiles, settings: dict, output: str, kind: str) -> None:
     """Stream the score files in order; each index is written once (the first copy, equal to
     the rest)."""
-    names, table_schema = columns(settings["logprobs"]), schema(settings["logprobs"])
+    names, table_schema = columns(settings), schema(settings)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     written = settings["start"]
     with atomic_path(output) as tmp:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from vmem.errors import VmemError, first_line
-from vmem.evaluation.scoring import COLUMN_TYPES, columns
+from vmem.evaluation.scoring import GENERATE, column_type, columns, method
 from vmem.io.location import Location
 
 SCORE_FILE = re.compile(r"^scores-(?P<fp>[0-9a-f]{10})-(?P<start>\d{12})-(?P<stop>\d{12})\.csv$")
@@ -70,12 +70,14 @@ class DamagedScoreFile(VmemError):
 def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, stop: int,
                     settings: dict) -> pa.Table:
     """The score file's rows, checked: the run's columns, indices exactly [start, stop) in order,
-    matches within 0..cont_len, prefix_match <= matches and score = matches / cont_len."""
-    expected, cont_len = columns(settings["logprobs"]), settings["cont_len"]
+    matches and prefix matches within 0..cont_len, and what ties them: prefix_match <= matches
+    and score = matches / cont_len (generation), memorized = prefix_match == cont_len
+    (verification)."""
+    expected, cont_len = columns(settings), settings["cont_len"]
     raw = pa.BufferReader(source) if isinstance(source, bytes) else source
     try:
         table = pacsv.read_csv(raw, convert_options=pacsv.ConvertOptions(
-            column_types={c: COLUMN_TYPES[c] for c in expected}))
+            column_types={c: column_type(c) for c in expected}))
     except (pa.ArrowInvalid, OSError) as err:
         reason = first_line(err)
         raise DamagedScoreFile(f"score file {name} does not parse ({reason})") from None
@@ -89,13 +91,20 @@ def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, st
                                f"{stop}) its name claims ({len(index)} rows)")
     if any(column.null_count for column in table.columns):
         raise DamagedScoreFile(f"score file {name} has empty cells")
-    matches, prefix = table["matches"].to_numpy(), table["prefix_match"].to_numpy()
-    if (np.any(matches < 0) or np.any(matches > cont_len) or np.any(prefix < 0)
-            or np.any(prefix > matches)
-            or not np.array_equal(table["score"].to_numpy(), matches / cont_len)):
-        raise DamagedScoreFile(f"score file {name} holds values no scoring gives (matches "
-                               f"outside 0..{cont_len}, prefix_match > matches or score != "
-                               f"matches/{cont_len})")
+    counts = {c: table[c].to_numpy() for c in expected
+              if c == "matches" or c.startswith("prefix_match")}
+    wrong = any(np.any(v < 0) or np.any(v > cont_len) for v in counts.values())
+    if method(settings) == GENERATE:
+        matches = counts["matches"]
+        wrong = wrong or np.any(counts["prefix_match"] > matches) or not np.array_equal(
+            table["score"].to_numpy(), matches / cont_len)
+    elif "memorized" in expected:
+        wrong = wrong or not np.array_equal(table["memorized"].to_numpy(),
+                                            counts["prefix_match"] == cont_len)
+    if wrong:
+        raise DamagedScoreFile(f"score file {name} holds values no scoring gives (counts "
+                               f"outside 0..{cont_len}, or prefix_match, matches, score and "
+                               f"memorized that disagree)")
     return table
 
 

@@ -1,34 +1,73 @@
-"""The paper's memorization score, vectorised over a batch of sequences, and the one schema of
-the tables that hold it (score files and merged runs)."""
+"""The paper's memorization score and its exact flag, vectorised over a batch of sequences, and the
+one schema of the tables that hold them (score files and merged runs).
+
+Two methods fill a run's tables (settings["method"]):
+- generate: greedy decoding; `score` = matches / cont_len, `matches` counts equal positions
+  anywhere, `prefix_match` the leading run of equal tokens. Memorized: matches == cont_len.
+- verify: one teacher-forced pass; `prefix_match` is exact (greedy decoding follows the truth as
+  long as the argmax given the true prefix equals it) and `memorized` = prefix_match == cont_len.
+  With several prompt lengths, one `prefix_match_p<P>` per length. No fractional score.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-COLUMN_TYPES = {"index": pa.int64(), "score": pa.float64(), "matches": pa.int64(),
-                "prefix_match": pa.int64(), "cont_logprob": pa.float64()}
+GENERATE, VERIFY = "generate", "verify"
+PAPER_PROMPT_LEN = 32
 
 
-def columns(logprobs: bool) -> list[str]:
-    """A score table's columns, in order; `cont_logprob` when the run records --logprobs."""
-    return ["index", "score", "matches", "prefix_match"] + (["cont_logprob"] if logprobs else [])
+def method(settings: dict) -> str:
+    # Runs recorded before verification existed have no "method": they generated.
+    return settings.get("method", GENERATE)
 
 
-def schema(logprobs: bool) -> pa.Schema:
-    return pa.schema([(c, COLUMN_TYPES[c]) for c in columns(logprobs)])
+def prompt_lens(settings: dict) -> list[int]:
+    lens = settings["prompt_len"]
+    return list(lens) if isinstance(lens, list) else [lens]
 
 
-COLUMNS_IN_WORDS = ",".join(columns(False)) + "[,cont_logprob]"
+def primary_prompt_len(settings: dict) -> int:
+    """The prompt length whose flag is the run's memorized flag: the only one, else the paper's
+    32 where it was measured, else the shortest."""
+    lens = prompt_lens(settings)
+    return PAPER_PROMPT_LEN if len(lens) > 1 and PAPER_PROMPT_LEN in lens else min(lens)
 
 
-def score_batch(generated: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: matches (positions equal anywhere, also after a first mismatch) and prefix_match
-    (the leading run of equal tokens: the largest k for which the row is k-extractable)."""
-    equal = generated == truth
-    matches = equal.sum(axis=1, dtype=np.int64)
-    prefix_match = np.where(equal.all(axis=1), equal.shape[1], np.argmin(equal, axis=1))
-    return matches, prefix_match.astype(np.int64)
+def columns(settings: dict) -> list[str]:
+    """A score table's columns for a run's settings, in order."""
+    logprobs = settings["logprobs"]
+    if method(settings) == GENERATE:
+        return ["index", "score", "matches", "prefix_match"] + (["cont_logprob"] if logprobs
+                                                                 else [])
+    lens = prompt_lens(settings)
+    if len(lens) == 1:
+        return ["index", "prefix_match", "memorized"] + (["cont_logprob"] if logprobs else [])
+    return (["index"] + [f"prefix_match_p{p}" for p in lens]
+            + ([f"cont_logprob_p{p}" for p in lens] if logprobs else []))
+
+
+def column_type(name: str) -> pa.DataType:
+    if name == "memorized":
+        return pa.bool_()
+    if name == "score" or name.startswith("cont_logprob"):
+        return pa.float64()
+    return pa.int64()
+
+
+def schema(settings: dict) -> pa.Schema:
+    return pa.schema([(c, column_type(c)) for c in columns(settings)])
+
+
+def memorized_column(settings: dict) -> str:
+    """The column that decides the run's memorized flag (compared with cont_len unless it is
+    `memorized` itself)."""
+    if method(settings) == GENERATE:
+        return "matches"
+    if len(prompt_lens(settings)) == 1:
+        return "memorized"
+    return f"prefix_match_p{primary_prompt_len(settings)}"
 
 
 def is_memorized(matches: np.ndarray, cont_len: int) -> np.ndarray:
@@ -36,13 +75,51 @@ def is_memorized(matches: np.ndarray, cont_len: int) -> np.ndarray:
     return matches == cont_len
 
 
-def score_csv(indices: np.ndarray, matches: np.ndarray, prefix_match: np.ndarray, cont_len: int,
-              cont_logprob: np.ndarray | None) -> bytes:
-    """The rows of one score file, as CSV text."""
-    header = ",".join(columns(cont_logprob is not None))
-    scores = matches / cont_len  # exact in binary for cont_len a power of two; repr round-trips
-    values = [indices.tolist(), scores.tolist(), matches.tolist(), prefix_match.tolist()]
+def leading_run(equal: np.ndarray) -> np.ndarray:
+    """Per row, how many positions from the first are all True."""
+    return np.where(equal.all(axis=1), equal.shape[1], np.argmin(equal, axis=1)).astype(np.int64)
+
+
+def score_batch(generated: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: matches (positions equal anywhere, also after a first mismatch) and prefix_match
+    (the leading run of equal tokens: the largest k for which the row is k-extractable)."""
+    equal = generated == truth
+    return equal.sum(axis=1, dtype=np.int64), leading_run(equal)
+
+
+def generation_values(generated: np.ndarray, truth: np.ndarray,
+                      cont_logprob: np.ndarray | None) -> dict[str, np.ndarray]:
+    matches, prefix = score_batch(generated, truth)
+    values = {"score": matches / truth.shape[1], "matches": matches, "prefix_match": prefix}
     if cont_logprob is not None:
-        values.append(cont_logprob.tolist())
-    rows = (",".join(map(repr, row)) for row in zip(*values, strict=True))
-    return ("\n".join([header, *rows]) + "\n").encode()
+        values["cont_logprob"] = cont_logprob
+    return values
+
+
+def verification_values(greedy: np.ndarray, token_logprobs: np.ndarray | None,
+                        tokens: np.ndarray, lens: list[int], cont_len: int
+                        ) -> dict[str, np.ndarray]:
+    """Columns of a verify run from one teacher-forced pass over `tokens` (n, max(lens) +
+    cont_len): greedy[:, k] is the greedy choice for position min(lens) + k."""
+    first, values = min(lens), {}
+    for p in lens:
+        window = slice(p - first, p - first + cont_len)
+        prefix = leading_run(greedy[:, window] == tokens[:, p:p + cont_len])
+        logprob = None if token_logprobs is None else token_logprobs[:, window].sum(axis=1)
+        if len(lens) == 1:
+            values["prefix_match"], values["memorized"] = prefix, prefix == cont_len
+            if logprob is not None:
+                values["cont_logprob"] = logprob
+        else:
+            values[f"prefix_match_p{p}"] = prefix
+            if logprob is not None:
+                values[f"cont_logprob_p{p}"] = logprob
+    return values
+
+
+def score_csv(indices: np.ndarray, values: dict[str, np.ndarray], names: list[str]) -> bytes:
+    """The rows of one score file, as CSV text: `names` (index first) in order. Floats are
+    written with repr, which round-trips (a score is exact for cont_len a power of two)."""
+    data = [indices.tolist()] + [values[name].tolist() for name in names[1:]]
+    rows = (",".join(map(repr, row)) for row in zip(*data, strict=True))
+    return ("\n".join([",".join(names), *rows]) + "\n").encode()

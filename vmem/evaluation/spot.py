@@ -1,4 +1,8 @@
-"""Spot checks: a few sequences' prompt, true continuation and generation, mismatches marked."""
+"""Spot checks: a few sequences' prompt, true continuation and generation, mismatches marked.
+
+With `--method verify` the line under the truth is the argmax at each position given the true
+prefix (one teacher-forced pass): it equals generation up to the first mismatch, which is where
+the true prefix first leaves the argmax."""
 
 from __future__ import annotations
 
@@ -9,15 +13,17 @@ import numpy as np
 from vmem import pythia
 from vmem.errors import VmemError
 from vmem.evaluation.engine import EngineConfig, build_engine
-from vmem.evaluation.scoring import score_batch
+from vmem.evaluation.scoring import GENERATE, VERIFY, leading_run, score_batch
 from vmem.io.dataset import Dataset, check_window
 
 
 def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
          prompt_len: int = 32, cont_len: int = 32, offset: int = 0, allow_eos: bool = False,
-         sequences_per_step: int = pythia.SEQUENCES_PER_STEP,
+         sequences_per_step: int = pythia.SEQUENCES_PER_STEP, method: str = GENERATE,
          tokenizer: str | None = None) -> str:
     """The report text for `indices`; token ids always, decoded text when a tokenizer loads."""
+    if method not in (GENERATE, VERIFY):
+        raise VmemError(f"--method {method}: expected {GENERATE} or {VERIFY}")
     for index in indices:
         if not 0 <= index < dataset.num_sequences:
             raise VmemError(f"--index {index}: expected 0..{dataset.num_sequences - 1} "
@@ -27,25 +33,38 @@ def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
     prompts = rows[:, offset:offset + prompt_len]
     truth = rows[:, offset + prompt_len:offset + prompt_len + cont_len]
     engine = build_engine(dataclasses.replace(engine_config, max_len=prompt_len + cont_len + 1))
-    generated = engine.generate(prompts, cont_len, allow_eos)
-    matches, prefix = score_batch(generated, truth)
+    if method == VERIFY:
+        shown, label = engine.teacher_forced(np.concatenate([prompts, truth], axis=1),
+                                             prompt_len, allow_eos, False)[0], "argmax   "
+        prefix = leading_run(shown == truth)
+    else:
+        shown, label = engine.generate(prompts, cont_len, allow_eos), "generated"
+        matches, prefix = score_batch(shown, truth)
     decode = _decoder(tokenizer or engine_config.model)
     blocks = []
     for k, index in enumerate(indices):
         marked = " ".join(str(g) if g == t else f"[{g}]"
-                          for g, t in zip(generated[k], truth[k], strict=True))
+                          for g, t in zip(shown[k], truth[k], strict=True))
+        head = f"sequence {index} (training step {index // sequences_per_step}): "
+        if method == VERIFY:
+            head += ("memorized (the argmax follows the whole true continuation)"
+                     if prefix[k] == cont_len else
+                     f"not memorized: the true continuation first leaves the argmax at "
+                     f"position {prefix[k]} (prefix match {prefix[k]})")
+        else:
+            head += (f"score {matches[k] / cont_len:.5f} ({matches[k]}/{cont_len} positions), "
+                     f"prefix match {prefix[k]}")
         lines = [
-            f"sequence {index} (training step {index // sequences_per_step}): score "
-            f"{matches[k] / cont_len:.5f} ({matches[k]}/{cont_len} positions), prefix match "
-            f"{prefix[k]}",
+            head,
             f"  prompt     {' '.join(map(str, prompts[k]))}",
             f"  truth      {' '.join(map(str, truth[k]))}",
-            f"  generated  {marked}   ([x] = differs from truth)",
+            f"  {label}  {marked}   ([x] = differs from truth"
+            + (", given the true prefix)" if method == VERIFY else ")"),
         ]
         if decode:
             lines += [f"  prompt text     {decode(prompts[k])!r}",
                       f"  truth text      {decode(truth[k])!r}",
-                      f"  generated text  {decode(generated[k])!r}"]
+                      f"  {label.strip()} text  {decode(shown[k])!r}"]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from vmem.errors import VmemError
-from vmem.evaluation.scoring import is_memorized
 from vmem.study.comparisons import Comparison
 from vmem.study.merged_runs import Run
 
@@ -25,29 +24,37 @@ def memorized_share(memorized: int, evaluated: int) -> float:
     return memorized / evaluated
 
 
+def memorized_count(run: Run) -> int:
+    return sum(int(np.count_nonzero(run.memorized(a, b)))
+               for a, b in _chunks(run.start, run.stop))
+
+
 def score_counts(run: Run) -> np.ndarray:
-    """How many sequences reached each number of matches 0..cont_len."""
+    """How many sequences reached each number of matches 0..cont_len (a generation run)."""
     counts = np.zeros(run.cont_len + 1, dtype=np.int64)
     for a, b in _chunks(0, run.evaluated):
         counts += np.bincount(run.matches[a:b], minlength=run.cont_len + 1)
     return counts
 
 
-def rates_table(runs: list[Run], counts: dict[str, np.ndarray]) -> pd.DataFrame:
+def rates_table(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
-        memorized = int(counts[run.name][run.cont_len])
+        memorized = memorized_count(run)
         rows.append(dict(run=run.name, model=run.label, step=run.step, params=run.params,
                          evaluated=run.evaluated, memorized=memorized,
                          share=memorized_share(memorized, run.evaluated), suite=run.suite,
-                         start=run.start, stop=run.stop, cont_len=run.cont_len))
+                         start=run.start, stop=run.stop, cont_len=run.cont_len,
+                         method=run.method, prompt_len=run.prompt_len))
     return _frame(rows, ["step", "params"])
 
 
 def distribution_table(runs: list[Run], counts: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Share of each score value (matches / cont_len) per run."""
+    """Share of each score value (matches / cont_len) per generation run (those in `counts`)."""
     rows = []
     for run in runs:
+        if run.name not in counts:
+            continue
         for matches, n in enumerate(counts[run.name]):
             rows.append(dict(run=run.name, matches=matches, score=matches / run.cont_len,
                              sequences=int(n), share=int(n) / run.evaluated))
@@ -93,8 +100,7 @@ def confusion(cheap: Run, target: Run) -> Confusion:
     start, stop = overlap(cheap, target)
     both = by_cheap = by_target = 0
     for a, b in _chunks(start, stop):
-        c = is_memorized(cheap.matches[a - cheap.start:b - cheap.start], cheap.cont_len)
-        t = is_memorized(target.matches[a - target.start:b - target.start], target.cont_len)
+        c, t = cheap.memorized(a, b), target.memorized(a, b)
         both += np.count_nonzero(c & t)
         by_cheap += np.count_nonzero(c)
         by_target += np.count_nonzero(t)
@@ -228,6 +234,8 @@ def score_by_step_table(runs: list[Run], profiles: dict[str, StepProfile],
     """Mean score in up to `bins` contiguous groups of training steps, per run."""
     rows = []
     for run in runs:
+        if run.name not in profiles:  # a verification run has no fractional score
+            continue
         p = profiles[run.name]
         starts = np.array([g[0] for g in np.array_split(np.arange(p.steps.size),
                                                         min(bins, p.steps.size))])
@@ -246,6 +254,8 @@ def trend_table(runs: list[Run], profiles: dict[str, StepProfile]) -> pd.DataFra
     sequence weighs one: a step's mean score weighted by its sequence count)."""
     rows = []
     for run in runs:
+        if run.name not in profiles:
+            continue
         p = profiles[run.name]
         w, x = p.sequences.astype(np.float64), p.steps.astype(np.float64)
         y = p.matches / (w * run.cont_len)
@@ -266,7 +276,7 @@ def logprob_tables(runs: list[Run], bins: int = 40) -> tuple[pd.DataFrame, pd.Da
     for run in runs:
         if run.cont_logprob is None:
             continue
-        memorized = is_memorized(run.matches, run.cont_len)
+        memorized = run.memorized()
         finite = run.cont_logprob[np.isfinite(run.cont_logprob)]
         edges = np.histogram_bin_edges(finite, bins=bins) if finite.size else np.array([0.0, 1.0])
         for group, mask in (("memorized", memorized), ("not memorized", ~memorized)):
@@ -281,6 +291,43 @@ def logprob_tables(runs: list[Run], bins: int = 40) -> tuple[pd.DataFrame, pd.Da
                           for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)]
     return (_frame(summary, [], ["run", "group", "sequences", "mean", "median"]),
             _frame(histogram, [], ["run", "group", "bin_start", "bin_stop", "sequences"]))
+
+
+def prompt_length_table(runs: list[Run]) -> pd.DataFrame:
+    """Verification runs over several prompt lengths: the share memorized (the whole continuation
+    extracted) at each length, on the same sequences (Carlini et al. 2022's curve)."""
+    rows = []
+    for run in runs:
+        for length, prefix in sorted(run.prefix_by_prompt_len.items()):
+            memorized = sum(int(np.count_nonzero(prefix[a:b] == run.cont_len))
+                            for a, b in _chunks(0, run.evaluated))
+            rows.append(dict(run=run.name, model=run.label, step=run.step, prompt_len=length,
+                             evaluated=run.evaluated, memorized=memorized,
+                             share=memorized_share(memorized, run.evaluated)))
+    return _frame(rows, ["step"], ["run", "model", "step", "prompt_len", "evaluated",
+                                   "memorized", "share"])
+
+
+def method_agreement_table(pairs: list[tuple[Run, Run]]) -> pd.DataFrame:
+    """A verification and a generation run of one model and checkpoint, on the sequences both
+    have seen: their memorized flags must agree (they do exactly in float32)."""
+    rows = []
+    for verified, generated in pairs:
+        start, stop = overlap(verified, generated)
+        both = only_verified = only_generated = 0
+        for a, b in _chunks(start, stop):
+            v, g = verified.memorized(a, b), generated.memorized(a, b)
+            both += np.count_nonzero(v & g)
+            only_verified += np.count_nonzero(v & ~g)
+            only_generated += np.count_nonzero(g & ~v)
+        rows.append(dict(verify_run=verified.name, generate_run=generated.name,
+                         model=generated.label, step=generated.step, sequences=stop - start,
+                         memorized_both=both, only_verify=only_verified,
+                         only_generate=only_generated,
+                         agreement=1 - (only_verified + only_generated) / (stop - start)))
+    return _frame(rows, ["step"], ["verify_run", "generate_run", "model", "step", "sequences",
+                                   "memorized_both", "only_verify", "only_generate",
+                                   "agreement"])
 
 
 def _chunks(start: int, stop: int) -> Iterator[tuple[int, int]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from vmem import pythia
 from vmem.errors import VmemError
+from vmem.evaluation.scoring import VERIFY
 from vmem.study.merged_runs import OTHER_SUITE, Run
 
 FAMILIES = {
@@ -27,14 +28,30 @@ class Comparison:
     target: Run
 
 
+def split_twins(runs: list[Run], where: str) -> tuple[list[Run], list[tuple[Run, Run]]]:
+    """One run per model and checkpoint, and the (verification, generation) pairs of a model and
+    checkpoint evaluated both ways: the generation run stands for the checkpoint (it has the
+    fractional score too), and the pair's flags are compared. Any other second run is refused."""
+    by_model_step: dict[tuple[str, int | None], Run] = {}
+    twins: dict[tuple[str, int | None], Run] = {}
+    for run in runs:
+        key = (run.model, run.step)
+        other = by_model_step.setdefault(key, run)
+        if other is run:
+            continue
+        if other.method == run.method or key in twins:
+            raise VmemError(f"{where}: runs {other.name} and {run.name} are both {run.model} at "
+                            f"step {run.step}; keep one run per model and checkpoint (or one "
+                            f"of each method)")
+        generated, verified = (other, run) if run.method == VERIFY else (run, other)
+        by_model_step[key], twins[key] = generated, verified
+    pairs = [(twins[key], by_model_step[key]) for key in twins]
+    return list(by_model_step.values()), pairs
+
+
 def plan_comparisons(runs: list[Run], where: str) -> list[Comparison]:
     """All family A and B comparisons among `runs` (found in `where`, for messages)."""
-    by_model_step: dict[tuple[str, int | None], Run] = {}
-    for run in runs:
-        other = by_model_step.setdefault((run.model, run.step), run)
-        if other is not run:
-            raise VmemError(f"{where}: runs {other.name} and {run.name} are both {run.model} at "
-                            f"step {run.step}; keep one run per model and checkpoint")
+    runs, _ = split_twins(runs, where)
     return _smaller_models(runs, where) + _earlier_checkpoints(runs, where)
 
 

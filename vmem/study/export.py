@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vmem.errors import VmemError
-from vmem.evaluation.scoring import is_memorized
 from vmem.io.atomic import atomic_path
 from vmem.io.dataset import Dataset
 from vmem.study.merged_runs import Run
@@ -33,7 +32,7 @@ def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Path) -> int:
     if not 1 <= tokens <= dataset.seq_len:
         raise VmemError(f"--tokens {tokens}: expected 1..{dataset.seq_len} (the sequence "
                         f"length of {dataset.location})")
-    memorized = np.flatnonzero(is_memorized(run.matches, run.cont_len)).astype(np.int64)
+    memorized = np.flatnonzero(run.memorized()).astype(np.int64)
     memorized += run.start
     if memorized.size and memorized[-1] >= dataset.num_sequences:
         raise VmemError(f"{dataset.location}: has {dataset.num_sequences} sequences, but "

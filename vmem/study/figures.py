@@ -142,6 +142,23 @@ def logprob_histograms(histogram: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def prompt_length(table: pd.DataFrame, path: Path) -> None:
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    for color, (run, rows) in zip(_colors(table["run"].nunique()),
+                                  table.groupby("run", sort=False), strict=True):
+        ax.plot(rows["prompt_len"], rows["share"] * 100, marker="o", color=color, label=run)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(table["prompt_len"].unique()),
+                  [str(p) for p in sorted(table["prompt_len"].unique())])
+    ax.minorticks_off()
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("memorized, % of evaluated")
+    ax.set_title("Extraction grows with prompt length")
+    _legend(ax)
+    _save(fig, path)
+
+
 def _run_label(row) -> str:
     step = "" if pd.isna(row.step) else f", step {row.step}"
     return f"{row.run} ({row.model}{step})"

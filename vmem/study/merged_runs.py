@@ -20,7 +20,14 @@ import pyarrow.parquet as pq
 from vmem import pythia
 from vmem.errors import VmemError
 from vmem.evaluation.merge import MANIFEST_SUFFIX, manifest_beside
-from vmem.evaluation.scoring import COLUMNS_IN_WORDS
+from vmem.evaluation.scoring import (
+    GENERATE,
+    columns,
+    memorized_column,
+    method,
+    primary_prompt_len,
+    prompt_lens,
+)
 from vmem.io.location import Location, split
 
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -51,12 +58,27 @@ class Run:
     cont_len: int
     sequences_per_step: int
     tokens_per_sequence: int
-    matches: np.ndarray  # uint8; matches[i] is for sequence start + i
+    method: str  # "generate" or "verify"
+    prompt_len: int  # the prompt length of the flags below (a verify run may have several)
+    # Per sequence, index i for sequence start + i: a generation run's matches (uint8), or a
+    # verification run's memorized flags (bool).
+    matches: np.ndarray | None
+    flags: np.ndarray | None
     cont_logprob: np.ndarray | None  # float32, when the run recorded --logprobs
+    # A verification run over several prompt lengths: prefix_match (uint8) per length.
+    prefix_by_prompt_len: dict[int, np.ndarray]
 
     @property
     def evaluated(self) -> int:
         return self.stop - self.start
+
+    def memorized(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Memorized flags of sequences [start, stop) (default: all the run's)."""
+        a = self.start if start is None else start
+        b = self.stop if stop is None else stop
+        if self.flags is not None:
+            return self.flags[a - self.start:b - self.start]
+        return self.matches[a - self.start:b - self.start] == self.cont_len
 
     @property
     def compute(self) -> float | None:
@@ -102,10 +124,11 @@ def load_run(table: str, *, s3_endpoint: str | None = None) -> Run:
     if not table.endswith(TABLE_SUFFIXES):
         raise VmemError(f"{table}: expected a merged run table NAME.parquet or NAME.csv")
     manifest_path = manifest_beside(table)
-    run = _run_from_manifest(_read_manifest(manifest_path, s3_endpoint), manifest_path, table)
+    manifest = _read_manifest(manifest_path, s3_endpoint)
+    run = _run_from_manifest(manifest, manifest_path, table)
     folder, name = split(table, s3_endpoint=s3_endpoint)
     with folder.local_file(name) as path:
-        _fill_arrays(run, path, logprobs=run.cont_logprob is not None)
+        _fill_arrays(run, path, manifest["settings"])
     return run
 
 
@@ -132,6 +155,8 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
         params = size.params
     data = settings.get("data") or {}
     name = Path(table.rsplit(".", 1)[0]).name
+    n, generated = stop - start, method(settings) == GENERATE
+    several = not generated and len(prompt_lens(settings)) > 1
     return Run(
         name=name, table=table, model=model, label=Path(model.rstrip("/")).name or model,
         suite=pythia.suite_of(model) or OTHER_SUITE,
@@ -139,17 +164,28 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
         start=start, stop=stop, cont_len=cont_len,
         sequences_per_step=int(settings.get("batch_size") or pythia.SEQUENCES_PER_STEP),
         tokens_per_sequence=int(data.get("seq_len") or pythia.TOKENS_PER_SEQUENCE + 1) - 1,
-        matches=np.empty(stop - start, dtype=np.uint8),
-        cont_logprob=np.empty(stop - start, dtype=np.float32) if settings.get("logprobs")
-        else None,
+        method=method(settings), prompt_len=primary_prompt_len(settings),
+        matches=np.empty(n, dtype=np.uint8) if generated else None,
+        flags=None if generated else np.empty(n, dtype=np.bool_),
+        cont_logprob=np.empty(n, dtype=np.float32) if settings.get("logprobs") else None,
+        prefix_by_prompt_len={p: np.empty(n, dtype=np.uint8) for p in prompt_lens(settings)}
+        if several else {},
     )
 
 
-def _fill_arrays(run: Run, path: str, *, logprobs: bool) -> None:
+def _fill_arrays(run: Run, path: str, settings: dict) -> None:
     """Read the table in record batches; every row must be the next index of [start, stop)."""
-    columns = ["index", "matches"] + (["cont_logprob"] if logprobs else [])
+    flag = memorized_column(settings)
+    counts = {f"prefix_match_p{p}": array for p, array in run.prefix_by_prompt_len.items()}
+    if run.matches is not None:
+        counts[flag] = run.matches
+    logprob = "cont_logprob" if "cont_logprob" in columns(settings) else \
+        f"cont_logprob_p{run.prompt_len}"
+    wanted = ["index", *dict.fromkeys([flag, *counts])]
+    if run.cont_logprob is not None:
+        wanted.append(logprob)
     filled = 0
-    for batch in _record_batches(path, columns, run.table):
+    for batch in _record_batches(path, wanted, columns(settings), run.table):
         index = _column(batch, "index", run.table)
         rows = len(index)
         if filled + rows > run.evaluated:
@@ -162,49 +198,63 @@ def _fill_arrays(run: Run, path: str, *, logprobs: bool) -> None:
             raise VmemError(f"{run.table}: row {filled + at} has index {index[at]}, expected "
                             f"{expected[at]} (one row per index of [{run.start}, {run.stop}), "
                             "sorted)")
-        matches = _column(batch, "matches", run.table)
-        if matches.min() < 0 or matches.max() > run.cont_len:
-            raise VmemError(f"{run.table}: matches must lie in 0..{run.cont_len} (cont_len), "
-                            f"found {matches.min()}..{matches.max()}")
-        run.matches[filled:filled + rows] = matches
-        if logprobs:
-            run.cont_logprob[filled:filled + rows] = _column(batch, "cont_logprob", run.table)
+        window = slice(filled, filled + rows)
+        for name, array in counts.items():
+            values = _column(batch, name, run.table)
+            if values.min() < 0 or values.max() > run.cont_len:
+                raise VmemError(f"{run.table}: {name} must lie in 0..{run.cont_len} (cont_len), "
+                                f"found {values.min()}..{values.max()}")
+            array[window] = values
+        if run.flags is not None:
+            values = _column(batch, flag, run.table)
+            run.flags[window] = values if flag == "memorized" else values == run.cont_len
+        if run.cont_logprob is not None:
+            run.cont_logprob[window] = _column(batch, logprob, run.table)
         filled += rows
     if filled != run.evaluated:
         raise VmemError(f"{run.table}: {filled} rows, but the manifest's range "
                         f"[{run.start}, {run.stop}) has {run.evaluated} sequences")
 
 
-def _record_batches(path: str, columns: list[str], where: str) -> Iterator[pa.RecordBatch]:
+def _record_batches(path: str, wanted: list[str], all_columns: list[str],
+                    where: str) -> Iterator[pa.RecordBatch]:
     try:
         if path.endswith(".parquet"):
             parquet = pq.ParquetFile(path, pre_buffer=False)  # else it caches whole columns
-            _require_columns(parquet.schema_arrow.names, columns, where)
-            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+            _require_columns(parquet.schema_arrow.names, wanted, all_columns, where)
+            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=wanted)
         else:
             read_options = pacsv.ReadOptions(block_size=16 << 20)
             _require_columns(pacsv.open_csv(path, read_options=read_options).schema.names,
-                             columns, where)
+                             wanted, all_columns, where)
             yield from pacsv.open_csv(path, read_options=read_options,
-                                      convert_options=pacsv.ConvertOptions(include_columns=columns))
+                                      convert_options=pacsv.ConvertOptions(include_columns=wanted))
     except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
         raise VmemError(f"{where}: not a readable merged run table ({err})") from None
 
 
-def _require_columns(found: list[str], needed: list[str], where: str) -> None:
+def _require_columns(found: list[str], needed: list[str], all_columns: list[str],
+                     where: str) -> None:
     missing = [c for c in needed if c not in found]
     if missing:
-        raise VmemError(f"{where}: missing column(s) {', '.join(missing)}; expected "
-                        f"{COLUMNS_IN_WORDS}")
+        raise VmemError(f"{where}: missing column(s) {', '.join(missing)}; its manifest's "
+                        f"settings give {','.join(all_columns)}")
 
 
 def _column(batch: pa.RecordBatch, name: str, where: str) -> np.ndarray:
     column = batch.column(name)
     if column.null_count:
         raise VmemError(f"{where}: column {name} has empty values")
-    if name != "cont_logprob" and not pa.types.is_integer(column.type):
-        raise VmemError(f"{where}: column {name} must hold integers, found {column.type}")
-    return column.to_numpy()
+    if name == "memorized":
+        fits, kind = pa.types.is_boolean(column.type), "true/false values"
+    elif name.startswith("cont_logprob"):
+        fits, kind = pa.types.is_floating(column.type) or pa.types.is_integer(column.type), \
+            "numbers"
+    else:
+        fits, kind = pa.types.is_integer(column.type), "integers"
+    if not fits:
+        raise VmemError(f"{where}: column {name} must hold {kind}, found {column.type}")
+    return column.to_numpy(zero_copy_only=False)
 
 
 def _read_manifest(path: str, s3_endpoint: str | None) -> dict:

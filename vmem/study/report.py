@@ -12,7 +12,7 @@ import pandas as pd
 
 from vmem.errors import VmemError
 from vmem.study import analysis, figures
-from vmem.study.comparisons import FAMILIES, plan_comparisons
+from vmem.study.comparisons import FAMILIES, plan_comparisons, split_twins
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run, load_runs
 
@@ -56,12 +56,14 @@ def write_report(runs: list[Run], results: str, out: Path,
 
 
 def _tables(runs: list[Run], results: str) -> tuple[dict[str, pd.DataFrame], dict]:
-    counts = {run.name: analysis.score_counts(run) for run in runs}
-    profiles = {run.name: analysis.step_profile(run) for run in runs}
+    # The fractional score exists for generation runs only; verification runs have the flag.
+    generated = [run for run in runs if run.matches is not None]
+    counts = {run.name: analysis.score_counts(run) for run in generated}
+    profiles = {run.name: analysis.step_profile(run) for run in generated}
     predictability = analysis.predictability_table(plan_comparisons(runs, results))
     fits = analysis.compute_fits(predictability)
     tables = {
-        "memorization_rates": analysis.rates_table(runs, counts),
+        "memorization_rates": analysis.rates_table(runs),
         "score_distribution": analysis.distribution_table(runs, counts),
         "predictability": predictability,
         "compute_fit": analysis.compute_fit_table(fits),
@@ -71,6 +73,11 @@ def _tables(runs: list[Run], results: str) -> tuple[dict[str, pd.DataFrame], dic
     }
     if any(run.cont_logprob is not None for run in runs):
         tables["logprob_summary"], tables["logprob_histogram"] = analysis.logprob_tables(runs)
+    if any(run.prefix_by_prompt_len for run in runs):
+        tables["prompt_length"] = analysis.prompt_length_table(runs)
+    _, twins = split_twins(runs, results)
+    if twins:
+        tables["method_agreement"] = analysis.method_agreement_table(twins)
     return tables, fits
 
 
@@ -83,14 +90,19 @@ def _figures(tables: dict[str, pd.DataFrame], fits: dict, folder: Path) -> dict[
         drawn[name] = f"figures/{name}.png"
 
     draw("memorization_rates", figures.memorization_rates, tables["memorization_rates"])
-    draw("score_distribution", figures.score_distribution, tables["score_distribution"])
+    if len(tables["score_distribution"]):
+        draw("score_distribution", figures.score_distribution, tables["score_distribution"])
     if len(tables["predictability"]):
         draw("predictability", figures.predictability, tables["predictability"])
         if (tables["predictability"]["cheap_compute"] > 0).any():
             draw("recall_vs_compute", figures.recall_vs_compute, tables["predictability"], fits)
-    draw("score_by_step", figures.score_by_step, tables["score_by_step"], tables["score_trend"])
+    if len(tables["score_by_step"]):
+        draw("score_by_step", figures.score_by_step, tables["score_by_step"],
+             tables["score_trend"])
     if "logprob_histogram" in tables:
         draw("logprob", figures.logprob_histograms, tables["logprob_histogram"])
+    if "prompt_length" in tables:
+        draw("prompt_length", figures.prompt_length, tables["prompt_length"])
     return drawn
 
 
@@ -104,15 +116,18 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         f"{_int(sum(r.evaluated for r in runs))} sequence evaluations in all. Each sequence's "
         "first tokens are a prompt; the model continues it greedily, and the memorization score "
         "is the share of continuation tokens equal to the true ones. A sequence is memorized "
-        "when the score is 1. Comparisons between two runs use only the sequences both have "
-        "seen.")
+        "when the score is 1. Verification runs (method verify) decide that flag exactly from "
+        "one teacher-forced pass, without the fractional score. Comparisons between two runs "
+        "use only the sequences both have seen.")
 
     doc.heading("What was evaluated")
     doc.table(_show(pd.DataFrame(dict(
         run=[r.name for r in runs], model=[r.label for r in runs], suite=[r.suite for r in runs],
         step=[r.step for r in runs], params=[r.params for r in runs],
         indices=[f"[{_int(r.start)}, {_int(r.stop)})" for r in runs],
-        sequences=[r.evaluated for r in runs], cont_len=[r.cont_len for r in runs],
+        sequences=[r.evaluated for r in runs], method=[r.method for r in runs],
+        prompt_len=[",".join(map(str, sorted(r.prefix_by_prompt_len))) or str(r.prompt_len)
+                    for r in runs], cont_len=[r.cont_len for r in runs],
         logprobs=["yes" if r.cont_logprob is not None else "no" for r in runs]))))
 
     doc.heading("Headline numbers")
@@ -122,11 +137,16 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     doc.table(_show(rates[["run", "model", "step", "params", "evaluated", "memorized", "share"]]))
     doc.figure(drawn["memorization_rates"], "Share of evaluated sequences with score 1, per run.")
 
+    verified = [r.name for r in runs if r.matches is None]
     doc.heading("2. Score distribution")
-    doc.paragraph("Most sequences score low; the share of each possible score value is plotted on "
-                  "a log scale, as in the paper. All values: `tables/score_distribution.csv`.")
-    doc.table(_show(_distribution_summary(tables["score_distribution"])))
-    doc.figure(drawn["score_distribution"], "Share of sequences at each score value (log scale).")
+    if "score_distribution" in drawn:
+        doc.paragraph("Most sequences score low; the share of each possible score value is "
+                      "plotted on a log scale, as in the paper. All values: "
+                      "`tables/score_distribution.csv`.")
+        doc.table(_show(_distribution_summary(tables["score_distribution"])))
+        doc.figure(drawn["score_distribution"],
+                   "Share of sequences at each score value (log scale).")
+    _needs_generation(doc, verified)
 
     doc.heading("3. Predictability from cheaper runs")
     doc.paragraph("'Memorized by the cheap run' used as a classifier of 'memorized by the target "
@@ -154,11 +174,14 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         doc.paragraph("No comparison with a known compute (parameters and step of the cheap run).")
 
     doc.heading("5. Memorization score against training step")
-    doc.paragraph("Mean score of the sequences seen in each group of training steps; the slope "
-                  "is a least-squares line over all of a run's sequences.")
-    doc.table(_show(tables["score_trend"][["run", "sequences", "mean_score",
-                                           "slope_per_1000_steps", "step_first", "step_last"]]))
-    doc.figure(drawn["score_by_step"], "Mean memorization score against training step.")
+    if "score_by_step" in drawn:
+        doc.paragraph("Mean score of the sequences seen in each group of training steps; the "
+                      "slope is a least-squares line over all of a run's sequences.")
+        doc.table(_show(tables["score_trend"][["run", "sequences", "mean_score",
+                                               "slope_per_1000_steps", "step_first",
+                                               "step_last"]]))
+        doc.figure(drawn["score_by_step"], "Mean memorization score against training step.")
+    _needs_generation(doc, verified)
 
     if "logprob" in drawn:
         doc.heading("6. Continuation log-probability")
@@ -167,6 +190,22 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         doc.table(_show(tables["logprob_summary"]))
         doc.figure(drawn["logprob"], "Distribution of the continuation's log-probability.")
 
+    if "prompt_length" in drawn:
+        doc.heading("7. Extraction against prompt length")
+        doc.paragraph("Verification runs over several prompt lengths (at one offset): the share "
+                      "of sequences whose continuation greedy decoding reproduces exactly, per "
+                      "prompt length, all from one teacher-forced pass per sequence.")
+        doc.table(_show(tables["prompt_length"][["run", "prompt_len", "evaluated", "memorized",
+                                                 "share"]]))
+        doc.figure(drawn["prompt_length"], "Memorized share against prompt length.")
+
+    if "method_agreement" in tables:
+        doc.heading("8. Verification against generation")
+        doc.paragraph("The same model and checkpoint evaluated both ways, on the sequences both "
+                      "have seen: the flags agree exactly in float32; in float16/bfloat16 "
+                      "near-tied logits can differ between one pass and step-by-step decoding.")
+        doc.table(_show(tables["method_agreement"]))
+
     for section in extra_sections:
         section(doc, folder)
 
@@ -174,6 +213,13 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     doc.bullets([f"`tables/{name}.csv`" for name in tables]
                 + [f"`{path}`" for path in drawn.values()])
     return doc
+
+
+def _needs_generation(doc: Document, verified: list[str]) -> None:
+    if verified:
+        doc.paragraph(f"Needs the fractional score, which only a generation run records "
+                      f"(`vmem evaluate --method generate`): not shown for the verification "
+                      f"run(s) {', '.join(verified)}.")
 
 
 def _headlines(tables: dict[str, pd.DataFrame]) -> list[str]:
@@ -218,7 +264,7 @@ def _show(frame: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame(index=frame.index)
     for column in frame.columns:
         values = frame[column]
-        if column in ("share", "score_0", "score_at_least_half", "score_1"):
+        if column in ("share", "score_0", "score_at_least_half", "score_1", "agreement"):
             shown[column] = [_pct(v) for v in values]
         elif column in ("step", "cheap_step", "step_first", "step_last", "points"):
             shown[column] = ["–" if pd.isna(v) else str(int(v)) for v in values]

@@ -1,0 +1,83 @@
+"""vmem's transformers engine in-process: `generate` (32 dependent decode steps after the prompt)
+against `teacher_forced` (the verification pass: one forward over prompt + continuation), on a
+random-weight model of a Pythia shape, with a matmul roofline for scale. Needs only torch,
+transformers and numpy (no vLLM, no pyarrow), so it runs where bench/gpu.sh runs.
+
+Useful FLOPs per sequence are the same for both (2 · non-embedding params · 64 tokens + the
+output head at the 32 predicted positions); the pass is faster because its matmuls are large.
+
+    .venv/bin/python bench/engine_speed.py --shape pythia-70m --n 1024
+    PYTHONPATH=. python3 bench/engine_speed.py --shape pythia-1b --dtype float16 --n 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vmem import pythia  # noqa: E402
+from vmem.evaluation.engine import EngineConfig, HfEngine  # noqa: E402
+
+
+def seconds(fn, device: str) -> float:
+    fn()  # warm-up: kernels chosen, caches allocated
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="pythia-70m")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--n", type=int, default=1024, help="sequences per timed call")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    size = args.shape.removeprefix("pythia-")
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokens = np.random.default_rng(0).integers(1, 50_304, size=(args.n, 64)).astype(np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**pythia.neox_config_kwargs(size)))
+        model.to(getattr(torch, args.dtype)).save_pretrained(tmp)  # half the bytes in 16 bits
+        del model
+        engine = HfEngine(EngineConfig(tmp, engine="hf", dtype=args.dtype), eos=0)
+        generate = seconds(lambda: engine.generate(tokens[:, :32], 32, False), device)
+        verify = seconds(lambda: engine.teacher_forced(tokens, 32, False, False), device)
+    s = pythia.SIZES[size]
+    flops = 2 * 12 * s.layers * s.hidden ** 2 * 64 + 2 * s.hidden * s.vocab * 32
+    where = (torch.cuda.get_device_name() if device == "cuda"
+             else f"CPU, {torch.get_num_threads()} threads")
+    text = (f"\n## bench/engine_speed.py, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
+            f"{where}; {args.shape} shape, {args.dtype}, {args.n} sequences per call."
+            f"{' ' + args.note if args.note else ''}\n\n"
+            "| method | seconds | seq/s | useful TFLOP/s |\n|---|---|---|---|\n"
+            f"| generate (HfEngine.generate) | {generate:.2f} | {args.n / generate:.1f} | "
+            f"{flops * args.n / generate / 1e12:.3f} |\n"
+            f"| verify (HfEngine.teacher_forced) | {verify:.2f} | {args.n / verify:.1f} | "
+            f"{flops * args.n / verify / 1e12:.3f} |\n\nverify / generate: "
+            f"**{generate / verify:.2f}x**\n")
+    print(text)
+    with open(args.results, "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
