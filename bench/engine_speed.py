@@ -60,7 +60,7 @@ def main() -> None:
         del model
         engine = HfEngine(EngineConfig(tmp, engine="hf", dtype=args.dtype), eos=0)
         generate = seconds(lambda: engine.generate(tokens[:, :32], 32, False), device)
-        verify = seconds(lambda: engine.teacher_forced(tokens, 32, False, False), device)
+        verify = seconds(lambda: engine.teacher_forced(tokens, [32], False, False), device)
     s = pythia.SIZES[size]
     flops = 2 * 12 * s.layers * s.hidden ** 2 * 64 + 2 * s.hidden * s.vocab * 32
     where = (torch.cuda.get_device_name() if device == "cuda"

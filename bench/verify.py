@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ def run_method(size: str, method: str, args) -> dict:
     model = saved_model(size, args.dir)
     data = dataset(args.dir, args.n)
     out = args.dir / f"verify-bench-{size}-{method}-{args.engine or 'default'}"
+    shutil.rmtree(out, ignore_errors=True)  # a finished run would only be skipped
     cmd = [sys.executable, "-m", "vmem.cli", "evaluate", "--model", str(model), "--data",
            str(data), "--start", "0", "--stop", str(args.n), "--out", str(out), "--method",
            method, "--no-progress"]

@@ -101,7 +101,7 @@ def test_logprobs_of_the_true_continuation(tmp_path, vllm_engine, hf_engine, tin
                logprobs=True)
     prompts = tiny_tokens[:64, :32].astype(np.int64)
     truth = tiny_tokens[:64, 32:64].astype(np.int64)
-    _, token_logprobs = hf_engine.teacher_forced(np.concatenate([prompts, truth], axis=1), 32,
+    _, token_logprobs = hf_engine.teacher_forced(np.concatenate([prompts, truth], axis=1), [32],
                                                  False, True)
     np.testing.assert_allclose(rows["cont_logprob"], token_logprobs.sum(axis=1), rtol=1e-4,
                                atol=1e-3)

@@ -5,12 +5,14 @@ greedy continuation, int64 (n, cont_len); one engine serves any EOS mode and any
 cont_len up to `EngineConfig.max_len` - 1. Paper
 mode masks end-of-text for all cont_len steps, as the paper's `min_length=64` did; `allow_eos`
 lets the model emit it and keeps generating to cont_len tokens.
-`teacher_forced(tokens, first, allow_eos, logprobs)` is one forward pass over true tokens (n, T):
-for each target position t in [first, T), the token greedy decoding would choose after the true
-prefix tokens[:t] (end-of-text masked in paper mode, as in `generate`), and with `logprobs` the
-log-probability of the true token tokens[t]. Greedy generation from tokens[:p] reproduces the
-truth exactly as long as those choices equal it, so this pass decides memorization without
-decoding (`--method verify`), and its log-probs are `--logprobs`. `describe(cfg)` names the
+`teacher_forced(tokens, prompt_lens, allow_eos, logprobs)` is one forward pass over true tokens
+(n, T), T = max(prompt_lens) + cont_len: for each target position t in [min(prompt_lens), T), the
+token greedy decoding would choose after the true prefix tokens[:t] (end-of-text masked in paper
+mode, as in `generate`), and with `logprobs` the log-probability of the true token tokens[t].
+Greedy generation from tokens[:p] reproduces the truth exactly as long as those choices equal
+it, so this pass decides memorization without decoding (`--method verify`), and its log-probs
+are `--logprobs`. Without `logprobs` an engine may leave -1 after the first mismatch of each
+prompt length's window, where no choice can matter. `describe(cfg)` names the
 engine, its versions and settings, for manifests and completion markers.
 """
 
@@ -291,9 +293,10 @@ class VllmEngine:
                                f"{(len(prompts), cont_len)}")
         return generated
 
-    def teacher_forced(self, tokens: np.ndarray, first: int, allow_eos: bool,
+    def teacher_forced(self, tokens: np.ndarray, prompt_lens: list[int], allow_eos: bool,
                        logprobs: bool) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self.llm.generate(_token_prompts(tokens), self.teacher, use_tqdm=False)
+        first = prompt_lens[0]
         width = tokens.shape[1] - first
         greedy = np.empty((len(tokens), width), dtype=np.int64)
         token_logprobs = np.empty((len(tokens), width)) if logprobs else None
@@ -368,29 +371,84 @@ class HfEngine:
                     cache, logits = out.past_key_values, out.logits[:, -1, :]
             return torch.cat(steps, dim=1).cpu().numpy()
 
-    def teacher_forced(self, tokens: np.ndarray, first: int, allow_eos: bool,
+    def teacher_forced(self, tokens: np.ndarray, prompt_lens: list[int], allow_eos: bool,
                        logprobs: bool) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
+        first = prompt_lens[0]
         width = tokens.shape[1] - first
-        # Rows per pass: the float32 logits of the target positions, (rows, width, vocab), stay
-        # within TEACHER_LOGIT_BYTES.
-        vocab = self.model.config.vocab_size
-        rows = max(1, min(self.rows_per_pass, TEACHER_LOGIT_BYTES // (4 * width * vocab)))
+        rows = self.rows_per_pass
+        if logprobs:  # the float32 logits of every target position stay within the budget
+            vocab = self.model.config.vocab_size
+            rows = max(1, min(rows, TEACHER_LOGIT_BYTES // (4 * width * vocab)))
         greedy, token_logprobs = [], []
         with torch.inference_mode():
             for i in range(0, len(tokens), rows):
                 ids = torch.from_numpy(np.ascontiguousarray(tokens[i:i + rows], dtype=np.int64))
                 ids = ids.to(self.device)
+                if not logprobs:
+                    greedy.append(self._greedy_until_mismatch(ids, prompt_lens, allow_eos))
+                    continue
                 # Logits at t - 1 predict token t: keep positions first - 1 .. T - 2 only.
                 logits = self.model(input_ids=ids, logits_to_keep=width + 1).logits[:, :-1]
                 logits = logits.float()
-                if logprobs:
-                    picked = torch.log_softmax(logits, dim=-1).gather(2, ids[:, first:, None])
-                    token_logprobs.append(picked.squeeze(2).double().cpu().numpy())
+                picked = torch.log_softmax(logits, dim=-1).gather(2, ids[:, first:, None])
+                token_logprobs.append(picked.squeeze(2).double().cpu().numpy())
                 if not allow_eos:
                     logits[:, :, self.eos] = -float("inf")
                 greedy.append(logits.argmax(dim=-1).cpu().numpy())
         if not greedy:
             return np.zeros((0, width), np.int64), np.zeros((0, width)) if logprobs else None
         return np.concatenate(greedy), np.concatenate(token_logprobs) if logprobs else None
+
+    def _greedy_until_mismatch(self, ids, prompt_lens: list[int], allow_eos: bool) -> np.ndarray:
+        """The greedy choices of one teacher-forced pass, computed only while a window still
+        matches the truth: most sequences leave it within a token or two. -1 where a choice was
+        not needed. With one prompt length the model first reads the prompts alone and reads on
+        (from its KV cache) only for the rows whose first choice was right; the output head
+        runs position by position for the rows still matching (for small models the head over
+        the vocabulary is a third or more of the work)."""
+        import torch
+
+        first, cont_len = prompt_lens[0], ids.shape[1] - prompt_lens[-1]
+        targets = ids[:, first:]
+        greedy = torch.full(targets.shape, -1, dtype=torch.long, device=ids.device)
+        rows = torch.arange(len(ids), device=ids.device)
+        if len(prompt_lens) == 1:
+            out = self.model.base_model(input_ids=ids[:, :first], use_cache=True)
+            self._choose(out.last_hidden_state[:, -1:], rows, [0], greedy, allow_eos)
+            rows = rows[greedy[:, 0] == targets[:, 0]]
+            if len(rows) and cont_len > 1:
+                cache = out.past_key_values
+                cache.batch_select_indices(rows)
+                hidden = self.model.base_model(input_ids=ids[rows, first:-1],
+                                               past_key_values=cache).last_hidden_state
+                self._walk(hidden, rows, range(1, cont_len), targets, greedy, allow_eos)
+        else:
+            # Position t - 1 predicts token t.
+            hidden = self.model.base_model(input_ids=ids).last_hidden_state[:, first - 1:-1]
+            for start in (p - first for p in prompt_lens):
+                self._walk(hidden[:, start:], rows, range(start, start + cont_len), targets,
+                           greedy, allow_eos)
+        return greedy.cpu().numpy()
+
+    def _walk(self, hidden, rows, positions: range, targets, greedy, allow_eos: bool) -> None:
+        """Choices at `positions` (hidden[:, j] is position positions[j] of `rows`), each for
+        the rows still matching, until none does."""
+        import torch
+
+        alive = torch.arange(len(rows), device=rows.device)
+        for j, k in enumerate(positions):
+            todo = alive[greedy[rows[alive], k] < 0]
+            if len(todo):
+                self._choose(hidden[todo, j:j + 1], rows[todo], [k], greedy, allow_eos)
+            alive = alive[greedy[rows[alive], k] == targets[rows[alive], k]]
+            if not len(alive):
+                return
+
+    def _choose(self, hidden, rows, positions: list[int], greedy, allow_eos: bool) -> None:
+        """The output head at `hidden` (len(rows), len(positions), h): greedy[rows, positions]."""
+        logits = self.model.get_output_embeddings()(hidden).float()
+        if not allow_eos:
+            logits[..., self.eos] = -float("inf")
+        greedy[rows[:, None], positions] = logits.argmax(dim=-1)

@@ -218,13 +218,12 @@ def _score(engine, ev: Evaluation, lens: list[int], prompts: np.ndarray,
     """One batch's columns: greedy generation, or one teacher-forced pass (verify)."""
     tokens = np.concatenate([prompts, continuations], axis=1)
     if ev.method == VERIFY:
-        greedy, token_logprobs = engine.teacher_forced(tokens, lens[0], ev.allow_eos,
-                                                       ev.logprobs)
+        greedy, token_logprobs = engine.teacher_forced(tokens, lens, ev.allow_eos, ev.logprobs)
         return verification_values(greedy, token_logprobs, tokens, lens, ev.cont_len)
     generated = engine.generate(prompts, ev.cont_len, ev.allow_eos)
     cont_logprob = None
     if ev.logprobs:
-        cont_logprob = engine.teacher_forced(tokens, lens[0], ev.allow_eos, True)[1].sum(axis=1)
+        cont_logprob = engine.teacher_forced(tokens, lens, ev.allow_eos, True)[1].sum(axis=1)
     return generation_values(generated, continuations, cont_logprob)
 
 

@@ -34,8 +34,9 @@ def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
     truth = rows[:, offset + prompt_len:offset + prompt_len + cont_len]
     engine = build_engine(dataclasses.replace(engine_config, max_len=prompt_len + cont_len + 1))
     if method == VERIFY:
+        # With log-probs every position is computed, also past the first mismatch.
         shown, label = engine.teacher_forced(np.concatenate([prompts, truth], axis=1),
-                                             prompt_len, allow_eos, False)[0], "argmax   "
+                                             [prompt_len], allow_eos, True)[0], "argmax   "
         prefix = leading_run(shown == truth)
     else:
         shown, label = engine.generate(prompts, cont_len, allow_eos), "generated"
