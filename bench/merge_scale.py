@@ -32,6 +32,7 @@ from vmem.evaluation.run_folder import MANIFEST, fingerprint, score_file_name  #
 from vmem.evaluation.scoring import columns, score_csv  # noqa: E402
 
 SCORES = pa.array([repr(m / CONT_LEN) for m in range(CONT_LEN + 1)])  # as score_csv writes them
+NAMES = columns({"logprobs": False})  # a generation run's columns
 
 
 def manifest(rows: int) -> dict:
@@ -53,7 +54,7 @@ def score_file_bytes(index: np.ndarray, matches: np.ndarray, prefix: np.ndarray)
     sink = pa.BufferOutputStream()
     pacsv.write_csv(table, sink,
                     pacsv.WriteOptions(include_header=False, quoting_style="none"))
-    return (",".join(columns(False)) + "\n").encode() + sink.getvalue().to_pybytes()
+    return (",".join(NAMES) + "\n").encode() + sink.getvalue().to_pybytes()
 
 
 def write_run(folder: Path, rows: int, chunk: int) -> None:
@@ -66,7 +67,8 @@ def write_run(folder: Path, rows: int, chunk: int) -> None:
         matches = synthetic_matches(rng, rng.random(index.size) < 0.0163)  # 12b's share
         prefix = np.minimum(matches, rng.geometric(0.5, index.size) - 1)
         data = score_file_bytes(index, matches, prefix)
-        if start == 0 and data != score_csv(index, matches, prefix, CONT_LEN, None):
+        values = {"score": matches / CONT_LEN, "matches": matches, "prefix_match": prefix}
+        if start == 0 and data != score_csv(index, values, NAMES):
             raise SystemExit("synthetic score file differs from score_csv's format")
         (folder / score_file_name(meta["fingerprint"], index[0], index[-1] + 1)).write_bytes(data)
 

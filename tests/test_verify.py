@@ -110,6 +110,19 @@ def test_verification_runs_merge_resume_and_report(capsys, tmp_path, hf_engine, 
     assert curve["memorized"].tolist()[1] == MEMORIZED - 1
     assert (tmp_path / "report2" / "figures" / "prompt_length.png").exists()
     assert not (tmp_path / "report2" / "figures" / "score_distribution.png").exists()
+    # The tables of the fractional score are there, with their columns and no rows.
+    assert pd.read_csv(tmp_path / "report2" / "tables" / "score_distribution.csv").empty
+
+
+def test_flags_of_different_windows_are_not_compared(capsys, tmp_path, hf_engine, tiny_model_dir,
+                                                     tiny_dataset):
+    scored(tmp_path, hf_engine, tiny_model_dir, tiny_dataset, "results/g32", stop=64)
+    scored(tmp_path, hf_engine, tiny_model_dir, tiny_dataset, "results/v16", stop=64,
+           method="verify", prompt_len=16)
+    for name in ("g32", "v16"):
+        (tmp_path / "results" / name).rename(tmp_path / f"{name}-folder")
+    err = cli_error(capsys, ["report", str(tmp_path / "results"), "-o", str(tmp_path / "r")])
+    assert "v16 (prompt 16, continuation 32) and g32 (prompt 32, continuation 32)" in err
 
 
 def test_a_damaged_verification_score_file_is_named(capsys, tmp_path, hf_engine, tiny_model_dir,

@@ -305,11 +305,11 @@ class VllmEngine:
             # tokens[:t]: the top two by rank, and the true token.
             for k, t in enumerate(range(first, len(truth))):
                 entry = out.prompt_logprobs[t]
-                by_rank = sorted((lp.rank, token) for token, lp in entry.items())
-                choice = by_rank[0][1]
-                if not allow_eos and choice == self.eos:
-                    choice = by_rank[1][1]
-                greedy[row, k] = choice
+                # The highest log-prob, ties to the lowest id (as argmax), end-of-text skipped
+                # in paper mode: the top two always hold the choice.
+                candidates = [(-lp.logprob, token) for token, lp in entry.items()
+                              if lp.rank <= 2 and (allow_eos or token != self.eos)]
+                greedy[row, k] = min(candidates)[1]
                 if logprobs:
                     token_logprobs[row, k] = entry[truth[t]].logprob
         return greedy, token_logprobs

@@ -58,7 +58,7 @@ def distribution_table(runs: list[Run], counts: dict[str, np.ndarray]) -> pd.Dat
         for matches, n in enumerate(counts[run.name]):
             rows.append(dict(run=run.name, matches=matches, score=matches / run.cont_len,
                              sequences=int(n), share=int(n) / run.evaluated))
-    return pd.DataFrame(rows)
+    return _frame(rows, [], ["run", "matches", "score", "sequences", "share"])
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def score_by_step_table(runs: list[Run], profiles: dict[str, StepProfile],
                                                strict=True):
             rows.append(dict(run=run.name, step_start=int(step_start), step_stop=int(step_stop),
                              sequences=int(n), mean_score=m / (n * run.cont_len)))
-    return pd.DataFrame(rows)
+    return _frame(rows, [], ["run", "step_start", "step_stop", "sequences", "mean_score"])
 
 
 def trend_table(runs: list[Run], profiles: dict[str, StepProfile]) -> pd.DataFrame:
@@ -266,7 +266,8 @@ def trend_table(runs: list[Run], profiles: dict[str, StepProfile]) -> pd.DataFra
                          slope_per_1000_steps=float(slope) * 1000,
                          intercept=float(y_mean - slope * x_mean),
                          step_first=int(p.steps[0]), step_last=int(p.steps[-1])))
-    return pd.DataFrame(rows)
+    return _frame(rows, [], ["run", "sequences", "mean_score", "slope_per_1000_steps",
+                             "intercept", "step_first", "step_last"])
 
 
 def logprob_tables(runs: list[Run], bins: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -313,7 +314,9 @@ def method_agreement_table(pairs: list[tuple[Run, Run]]) -> pd.DataFrame:
     have seen: their memorized flags must agree (they do exactly in float32)."""
     rows = []
     for verified, generated in pairs:
-        start, stop = overlap(verified, generated)
+        start, stop = max(verified.start, generated.start), min(verified.stop, generated.stop)
+        if start >= stop:  # nothing both have seen: nothing to compare
+            continue
         both = only_verified = only_generated = 0
         for a, b in _chunks(start, stop):
             v, g = verified.memorized(a, b), generated.memorized(a, b)

@@ -44,6 +44,7 @@ def split_twins(runs: list[Run], where: str) -> tuple[list[Run], list[tuple[Run,
                             f"step {run.step}; keep one run per model and checkpoint (or one "
                             f"of each method)")
         generated, verified = (other, run) if run.method == VERIFY else (run, other)
+        _check_window(verified, generated, where)
         by_model_step[key], twins[key] = generated, verified
     pairs = [(twins[key], by_model_step[key]) for key in twins]
     return list(by_model_step.values()), pairs
@@ -52,7 +53,19 @@ def split_twins(runs: list[Run], where: str) -> tuple[list[Run], list[tuple[Run,
 def plan_comparisons(runs: list[Run], where: str) -> list[Comparison]:
     """All family A and B comparisons among `runs` (found in `where`, for messages)."""
     runs, _ = split_twins(runs, where)
-    return _smaller_models(runs, where) + _earlier_checkpoints(runs, where)
+    comparisons = _smaller_models(runs, where) + _earlier_checkpoints(runs, where)
+    for comparison in comparisons:
+        _check_window(comparison.cheap, comparison.target, where)
+    return comparisons
+
+
+def _check_window(a: Run, b: Run, where: str) -> None:
+    """Memorized flags are comparable only for the same prompt and continuation lengths."""
+    if (a.prompt_len, a.cont_len) != (b.prompt_len, b.cont_len):
+        raise VmemError(f"{where}: runs {a.name} (prompt {a.prompt_len}, continuation "
+                        f"{a.cont_len}) and {b.name} (prompt {b.prompt_len}, continuation "
+                        f"{b.cont_len}) are compared, but their memorized flags are for different "
+                        f"windows; evaluate them with the same --prompt-len and --cont-len")
 
 
 def _smaller_models(runs: list[Run], where: str) -> list[Comparison]:

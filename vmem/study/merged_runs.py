@@ -22,6 +22,8 @@ from vmem.errors import VmemError
 from vmem.evaluation.merge import MANIFEST_SUFFIX, manifest_beside
 from vmem.evaluation.scoring import (
     GENERATE,
+    PAPER_PROMPT_LEN,
+    VERIFY,
     columns,
     memorized_column,
     method,
@@ -128,14 +130,30 @@ def load_run(table: str, *, s3_endpoint: str | None = None) -> Run:
     run = _run_from_manifest(manifest, manifest_path, table)
     folder, name = split(table, s3_endpoint=s3_endpoint)
     with folder.local_file(name) as path:
-        _fill_arrays(run, path, manifest["settings"])
+        _fill_arrays(run, path, _table_settings(manifest["settings"], manifest_path))
     return run
+
+
+def _table_settings(settings: dict, where: str) -> dict:
+    """The settings that name a table's columns, checked; a manifest without `logprobs` or
+    `prompt_len` recorded none and the paper's 32."""
+    checked = dict(settings, logprobs=bool(settings.get("logprobs")),
+                   prompt_len=settings.get("prompt_len", PAPER_PROMPT_LEN))
+    lens = checked["prompt_len"]
+    if method(checked) not in (GENERATE, VERIFY) or not (
+            isinstance(lens, int) or (isinstance(lens, list) and lens
+                                      and all(isinstance(p, int) for p in lens))):
+        raise VmemError(f"{where}: settings.method must be {GENERATE} or {VERIFY} and "
+                        f"settings.prompt_len a number of tokens or a list of them, got "
+                        f"{checked.get('method')!r} and {lens!r}")
+    return checked
 
 
 def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
     settings = manifest.get("settings")
     if not isinstance(settings, dict):
         raise VmemError(f"{where}: expected a vmem manifest with a 'settings' object")
+    settings = _table_settings(settings, where)
     try:
         model = str(settings["model"])
         start, stop, cont_len = (int(settings[k]) for k in ("start", "stop", "cont_len"))
