@@ -36,6 +36,8 @@ from vmem.evaluation.scoring import (
     columns,
     generation_values,
     memorized_column,
+    memorized_flags,
+    prompt_lens,
     score_csv,
     verification_values,
 )
@@ -129,7 +131,7 @@ def plan(ev: Evaluation) -> Plan:
         max_len=lens[-1] + ev.cont_len + 1)
     config, reasons = resolve(requested, (existing or {}).get("settings"))
     model_config = preflight(config)
-    manifest = build_manifest(ev, config, reasons, dataset, start, stop)
+    manifest = build_manifest(ev, lens, config, reasons, dataset, start, stop)
     folder.check_claim(manifest, existing)
     lo, hi = task_slice(start, stop, *task_from_env(ev.task_id, ev.num_tasks))
     return Plan(ev, dataset, folder, config, reasons, model_config, manifest, lo, hi)
@@ -152,6 +154,11 @@ def _todo(p: Plan) -> list[tuple[int, int]]:
                                                  within=(p.lo, p.hi)))
 
 
+def _already_finished(p: Plan) -> dict:
+    print(f"vmem: [{p.lo}, {p.hi}) of {p.evaluation.out} is already finished", file=sys.stderr)
+    return {"start": p.lo, "stop": p.hi, "already_finished": True}
+
+
 def _announce(p: Plan) -> None:
     """Say what `auto` chose, once per command."""
     chosen = [f"{name} {getattr(p.config, name)} ({reason})"
@@ -165,8 +172,7 @@ def run(p: Plan, engine=None) -> dict:
     ev, folder, lo, hi = p.evaluation, p.folder, p.lo, p.hi
     todo = _todo(p)
     if not todo and folder.task_finished(lo, hi):
-        print(f"vmem: [{lo}, {hi}) of {ev.out} is already finished", file=sys.stderr)
-        return {"start": lo, "stop": hi, "already_finished": True}
+        return _already_finished(p)
     remaining = sum(b - a for a, b in todo)
     started = time.time()
     if engine is None and remaining:
@@ -177,8 +183,7 @@ def run(p: Plan, engine=None) -> dict:
     ready = time.time()
     engine_seconds, scored, memorized = 0.0, 0, 0
     settings, fp = p.manifest["settings"], p.manifest["fingerprint"]
-    names, flag = columns(settings), memorized_column(settings)
-    lens = _prompt_lens(ev)
+    names, flag, lens = columns(settings), memorized_column(settings), prompt_lens(settings)
     bar = _progress(ev, hi - lo, hi - lo - remaining)
     for a, b in todo:
         for batch in iter_batches(p.dataset, a, b, rows=ev.chunk_size, prompt_len=lens[-1],
@@ -189,8 +194,7 @@ def run(p: Plan, engine=None) -> dict:
             first, last = int(batch.indices[0]), int(batch.indices[-1]) + 1
             folder.write_score_file(fp, first, last, score_csv(batch.indices, values, names))
             scored += len(batch.indices)
-            flags = values[flag]
-            memorized += int((flags if flag == "memorized" else flags == ev.cont_len).sum())
+            memorized += int(memorized_flags(settings, values[flag]).sum())
             if bar is not None:
                 bar.update(len(batch.indices))
     if bar is not None:
@@ -227,10 +231,9 @@ def _score(engine, ev: Evaluation, lens: list[int], prompts: np.ndarray,
     return generation_values(generated, continuations, cont_logprob)
 
 
-def build_manifest(ev: Evaluation, config: EngineConfig, reasons: dict, dataset: Dataset,
-                   start: int, stop: int) -> dict:
+def build_manifest(ev: Evaluation, lens: list[int], config: EngineConfig, reasons: dict,
+                   dataset: Dataset, start: int, stop: int) -> dict:
     data_location = dataset.location if is_s3(ev.data) else os.path.abspath(dataset.location)
-    lens = _prompt_lens(ev)
     settings = {
         "model": config.model, "revision": config.revision,
         "dtype": config.dtype, "engine": config.engine,
@@ -280,8 +283,7 @@ def run_data_parallel(p: Plan) -> dict:
     ev, tp = p.evaluation, p.config.tp
     # The marker first: without it the children read their parts' score files themselves.
     if p.folder.task_finished(p.lo, p.hi) and not _todo(p):
-        print(f"vmem: [{p.lo}, {p.hi}) of {ev.out} is already finished", file=sys.stderr)
-        return {"start": p.lo, "stop": p.hi, "already_finished": True}
+        return _already_finished(p)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = visible.split(",") if visible else [str(i) for i in range(hardware.gpu_count())]
     want = ev.data_parallel * tp

@@ -36,6 +36,7 @@ from vmem.evaluation.scoring import (
     column_type,
     columns,
     memorized_column,
+    memorized_flags,
     method,
     prompt_lens,
     schema,
@@ -68,8 +69,7 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
         merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"],
                       timing=_timing(folder))
     write_atomic(manifest_beside(output), json_bytes(merged))
-    flags = table[memorized_column(settings)]
-    memorized = int((flags if flags.dtype == np.bool_ else flags == settings["cont_len"]).sum())
+    memorized = int(memorized_flags(settings, table[memorized_column(settings)]).sum())
     print(f"vmem: merged {len(files)} score files, {merged['rows']} rows into {output}; "
           f"memorized {memorized} ({memorized / max(merged['rows'], 1):.4%})", file=sys.stderr)
     return merged

@@ -70,6 +70,11 @@ def memorized_column(settings: dict) -> str:
     return f"prefix_match_p{primary_prompt_len(settings)}"
 
 
+def memorized_flags(settings: dict, values: np.ndarray) -> np.ndarray:
+    """The run's memorized flags from the values of its `memorized_column`."""
+    return values if memorized_column(settings) == "memorized" else values == settings["cont_len"]
+
+
 def is_memorized(matches: np.ndarray, cont_len: int) -> np.ndarray:
     """Score 1: every continuation token reproduced (the paper's memorized sequence)."""
     return matches == cont_len

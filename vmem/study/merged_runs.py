@@ -26,6 +26,7 @@ from vmem.evaluation.scoring import (
     VERIFY,
     columns,
     memorized_column,
+    memorized_flags,
     method,
     primary_prompt_len,
     prompt_lens,
@@ -127,10 +128,10 @@ def load_run(table: str, *, s3_endpoint: str | None = None) -> Run:
         raise VmemError(f"{table}: expected a merged run table NAME.parquet or NAME.csv")
     manifest_path = manifest_beside(table)
     manifest = _read_manifest(manifest_path, s3_endpoint)
-    run = _run_from_manifest(manifest, manifest_path, table)
+    run, settings = _run_from_manifest(manifest, manifest_path, table)
     folder, name = split(table, s3_endpoint=s3_endpoint)
     with folder.local_file(name) as path:
-        _fill_arrays(run, path, _table_settings(manifest["settings"], manifest_path))
+        _fill_arrays(run, path, settings)
     return run
 
 
@@ -149,7 +150,8 @@ def _table_settings(settings: dict, where: str) -> dict:
     return checked
 
 
-def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
+def _run_from_manifest(manifest: dict, where: str, table: str) -> tuple[Run, dict]:
+    """The run (arrays allocated, not filled) and its checked settings."""
     settings = manifest.get("settings")
     if not isinstance(settings, dict):
         raise VmemError(f"{where}: expected a vmem manifest with a 'settings' object")
@@ -175,7 +177,7 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
     name = Path(table.rsplit(".", 1)[0]).name
     n, generated = stop - start, method(settings) == GENERATE
     several = not generated and len(prompt_lens(settings)) > 1
-    return Run(
+    run = Run(
         name=name, table=table, model=model, label=Path(model.rstrip("/")).name or model,
         suite=pythia.suite_of(model) or OTHER_SUITE,
         step=None if step is None else int(step), params=None if params is None else int(params),
@@ -189,6 +191,7 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
         prefix_by_prompt_len={p: np.empty(n, dtype=np.uint8) for p in prompt_lens(settings)}
         if several else {},
     )
+    return run, settings
 
 
 def _fill_arrays(run: Run, path: str, settings: dict) -> None:
@@ -225,7 +228,7 @@ def _fill_arrays(run: Run, path: str, settings: dict) -> None:
             array[window] = values
         if run.flags is not None:
             values = _column(batch, flag, run.table)
-            run.flags[window] = values if flag == "memorized" else values == run.cont_len
+            run.flags[window] = memorized_flags(settings, values)
         if run.cont_logprob is not None:
             run.cont_logprob[window] = _column(batch, logprob, run.table)
         filled += rows
