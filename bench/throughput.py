@@ -315,7 +315,7 @@ def notes(results: dict, args) -> str:
             tried = ", ".join(f"{d} {t} thr x batch {b}: {v:.1f}"
                               for (d, t, b), v in r["hf"]["by_setting"].items())
             lines.append(f"- pythia-{size} (b) seq/s on {r['hf']['n']} sequences: {tried}")
-        for run in [r["vmem"]] * ("vmem" in r) + r.get("forced", []):
+        for run in ([r["vmem"]] if "vmem" in r else []) + r.get("forced", []):
             how = f"--engine {run['forced']}" if run["forced"] else "defaults"
             lines.append(f"- pythia-{size} (c) `vmem evaluate` ({how}), {run['n']} sequences: "
                          f"{run['process_seq_s']:.1f} seq/s for the whole process "
