@@ -2,8 +2,9 @@
 # (a) the seed's method and (b) transformers + KV cache on one GPU, fp16, for the pythia-1b and
 # pythia-12b shapes (random weights), with a bf16 torch.matmul roofline; then vmem's transformers
 # engine, generation against the verification pass, for both shapes. Appends to bench/RESULTS.md.
-# At most ~13 minutes (about 5 seen on an H100): each step runs under its own time limit, and a step that fails or runs out
-# of time is named and the next one still runs (a device lease is too short to start over).
+# At most ~13 minutes (about 5 seen on an H100): each step runs under its own time limit, and a
+# step that fails or runs out of time is named and the next one still runs (a device lease is too
+# short to start over).
 # Needs a Python with CUDA torch, transformers and numpy (not vLLM): PYTHON=... bench/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
