@@ -98,6 +98,7 @@ def test_conflicting_duplicates_are_an_error(capsys, tmp_path, run):
     overlap = rows.iloc[25:75].copy()
     overlap.loc[overlap["index"] == 60, "matches"] += 1  # a sound file that disagrees
     overlap["score"] = overlap["matches"] / 32
+    overlap["edit_similarity"] = overlap[["edit_similarity", "score"]].max(axis=1)
     overlap.to_csv(run / score_file_name(fp, 25, 75), index=False)
     err = cli_error(capsys, ["merge", str(run), "-o", str(tmp_path / "m.csv")])
     assert "conflicting duplicate: index 60 has matches" in err

@@ -78,12 +78,13 @@ EARLY = [5, 50, 100, 110, 555, 556]
 def study(tmp_path: Path) -> Path:
     runs = tmp_path / "runs"
     runs.mkdir()
-    write_run(runs, "p70m-final", model="EleutherAI/pythia-70m", step=143_000, start=100,
+    write_run(runs, "pythia-70m-step143000", model="EleutherAI/pythia-70m", step=143_000, start=100,
               stop=1100, memorized=BOTH + CHEAP_ONLY + CHEAP_OUTSIDE, fmt="csv", seed=1)
-    write_run(runs, "p410m-final", model="EleutherAI/pythia-410m", step=143_000, start=0,
-              stop=1000, memorized=BOTH + TARGET_ONLY + TARGET_OUTSIDE, seed=2, logprobs=True)
-    write_run(runs, "p410m-23k", model="EleutherAI/pythia-410m", step=23_000, start=0, stop=600,
-              memorized=EARLY, seed=3)
+    write_run(runs, "pythia-410m-step143000", model="EleutherAI/pythia-410m", step=143_000,
+              start=0, stop=1000, memorized=BOTH + TARGET_ONLY + TARGET_OUTSIDE, seed=2,
+              logprobs=True)
+    write_run(runs, "pythia-410m-step23000", model="EleutherAI/pythia-410m", step=23_000,
+              start=0, stop=600, memorized=EARLY, seed=3)
     return runs
 
 
@@ -96,8 +97,8 @@ def test_predictability_confusion_matrices_are_exact(study: Path, tmp_path: Path
     run_report(study, out)
     pred = pd.read_csv(out / "tables" / "predictability.csv").set_index(["family", "cheap"])
 
-    a = pred.loc[("A", "p70m-final")]
-    assert a["target"] == "p410m-final"
+    a = pred.loc[("A", "pythia-70m-step143000")]
+    assert a["target"] == "pythia-410m-step143000"
     assert (a["tp"], a["fp"], a["fn"], a["tn"]) == (7, 5, 11, 900 - 23)
     assert a["precision"] == pytest.approx(7 / 12)
     assert a["recall"] == pytest.approx(7 / 18)
@@ -107,8 +108,8 @@ def test_predictability_confusion_matrices_are_exact(study: Path, tmp_path: Path
     assert a["cheap_compute"] == pytest.approx(6 * 70_426_624 * 143_000 * 1024 * 2048)
 
     # Final 410m memorized 3 + 7 + 11 = 21 of [0, 600); the early checkpoint hits 5, 50, 100, 110.
-    b = pred.loc[("B", "p410m-23k")]
-    assert b["target"] == "p410m-final"
+    b = pred.loc[("B", "pythia-410m-step23000")]
+    assert b["target"] == "pythia-410m-step143000"
     assert (b["tp"], b["fp"], b["fn"], b["tn"]) == (4, 2, 17, 600 - 23)
     assert b["precision"] == pytest.approx(4 / 6)
     assert b["recall"] == pytest.approx(4 / 21)
@@ -117,9 +118,9 @@ def test_predictability_confusion_matrices_are_exact(study: Path, tmp_path: Path
     rates = pd.read_csv(out / "tables" / "memorization_rates.csv").set_index("run")
     assert list(rates.columns[:6]) == ["model", "step", "params", "evaluated", "memorized",
                                        "share"]
-    assert rates.loc["p70m-final", "memorized"] == 14
-    assert rates.loc["p410m-final", "evaluated"] == 1000
-    assert rates.loc["p410m-final", "share"] == pytest.approx(21 / 1000)
+    assert rates.loc["pythia-70m-step143000", "memorized"] == 14
+    assert rates.loc["pythia-410m-step143000", "evaluated"] == 1000
+    assert rates.loc["pythia-410m-step143000", "share"] == pytest.approx(21 / 1000)
 
     dist = pd.read_csv(out / "tables" / "score_distribution.csv")
     per_run = dist.groupby("run")
@@ -233,7 +234,7 @@ def test_figures_embedded_and_every_run_named(study: Path, tmp_path: Path) -> No
         assert f"data:image/png;base64,{base64.b64encode(data).decode()}" in html
         assert f"figures/{png.name}" in markdown
     assert "<img src=\"figures/" not in html
-    for run in ("p70m-final", "p410m-final", "p410m-23k"):
+    for run in ("pythia-70m-step143000", "pythia-410m-step143000", "pythia-410m-step23000"):
         assert run in markdown and run in html
     summary = pd.read_csv(out / "tables" / "logprob_summary.csv").set_index("group")
     assert summary.loc["memorized", "sequences"] == 21
@@ -272,10 +273,10 @@ def test_empty_folder(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_run_without_manifest(study: Path, tmp_path: Path, capsys) -> None:
-    (study / "p410m-23k.manifest.json").unlink()
+def test_manifest_without_its_table(study: Path, tmp_path: Path, capsys) -> None:
+    (study / "pythia-410m-step23000.parquet").unlink()
     err = cli_error(capsys, ["report", str(study), "-o", str(tmp_path / "out")])
-    assert "p410m-23k.parquet: no manifest" in err
+    assert "pythia-410m-step23000.manifest.json: expected one table beside it" in err
     assert list(tmp_path.iterdir()) == [study]  # nothing written, not even a temp folder
 
 
@@ -287,7 +288,8 @@ def test_runs_without_common_sequences(tmp_path: Path, capsys) -> None:
     write_run(runs, "large", model="EleutherAI/pythia-1b", step=143_000, start=100, stop=200,
               memorized=[101])
     err = cli_error(capsys, ["report", str(runs), "-o", str(tmp_path / "out")])
-    assert "small [0, 100) and large [100, 200) share no sequence index" in err
+    assert ("pythia-70m-step143000 [0, 100) and pythia-1b-step143000 [100, 200) share no "
+            "sequence index") in err
 
 
 def test_missing_target_checkpoint(tmp_path: Path, capsys) -> None:

@@ -164,8 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", parents=[common],
                         help="the paper's analyses from a folder of merged runs")
-    rp.add_argument("results", help="folder (or s3://) of merged runs")
+    rp.add_argument("results", nargs="+",
+                    help="folders (or s3://) holding merged runs, at any depth")
     rp.add_argument("-o", "--output", required=True, help="report folder")
+    rp.add_argument("--duplicates", metavar="FILE",
+                    help="table index,count (.parquet or .csv): memorized share by duplication")
     _add_s3_endpoint(rp)
 
     ex = sub.add_parser("export-memorized", parents=[common],
@@ -264,7 +267,7 @@ def report_command(args: argparse.Namespace) -> None:
     from vmem.study.report import report
 
     out = Path(args.output)
-    runs = report(args.results, out, s3_endpoint=args.s3_endpoint)
+    runs = report(args.results, out, duplicates=args.duplicates, s3_endpoint=args.s3_endpoint)
     print(f"vmem report: {len(runs)} runs → {out}/report.html, report.md, tables/, figures/")
 
 

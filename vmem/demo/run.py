@@ -5,8 +5,8 @@
 2. train    — a mini GPT-NeoX suite, saved as DIR/models/SIZE/stepN/ (vmem.demo.suite)
 3. evaluate — every (size, checkpoint) on the sequences it has seen, with `evaluate.evaluate`,
               then `merge.merge_run` into DIR/results/
-4. report   — `report.write_report` into DIR/report/, plus the duplication analysis
-              (vmem.demo.duplication)
+4. report   — `report.report` of DIR/results into DIR/report/, with the corpus's own duplicate
+              counts (DIR/data/duplicates.parquet, index,count) as `--duplicates`
 
 Rerunning with the same DIR reuses what is finished: the corpus, trained models, evaluated chunks
 (evaluate resumes by itself) and merged runs; the report is rewritten (it takes seconds).
@@ -19,23 +19,22 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vmem.demo import corpus as minicorpus
 from vmem.demo import suite as minisuite
-from vmem.demo.duplication import duplication_section
 from vmem.errors import VmemError
 from vmem.evaluation.engine import EngineConfig, choose_engine
 from vmem.evaluation.evaluate import Evaluation, evaluate
 from vmem.evaluation.merge import merge_run
 from vmem.io.atomic import atomic_path
 from vmem.io.dataset import open_dataset
-from vmem.study.merged_runs import load_runs
-from vmem.study.report import write_report
+from vmem.study.report import report
 
 
 @dataclass(frozen=True)
@@ -93,10 +92,7 @@ def run_demo(config: DemoConfig, out: Path, engine: str) -> None:
             evaluate_checkpoint(out, data, size, step, per_step, engine)
 
     stage(4, "report")
-    runs = load_runs(str(out / "results"))
-    counts = np.load(out / "data" / "opening_counts.npy")
-    write_report(runs, str(out / "results"), out / "report",
-                 extra_sections=[partial(duplication_section, runs, counts)])
+    report([str(out / "results")], out / "report", duplicates=duplicates_table(out))
     print_headlines(out / "report")
     elapsed = time.time() - started
     print(f"\nvmem demo: done in {int(elapsed) // 60}:{int(elapsed) % 60:02d}; report: "
@@ -119,16 +115,24 @@ def _claim(out: Path, config: DemoConfig, engine: str) -> None:
 
 def build_data(config: DemoConfig, out: Path) -> str:
     """DIR/data (the sharded dataset + each sequence's duplication count) and DIR/tokenizer."""
-    data, counts = out / "data", out / "data" / "opening_counts.npy"
-    if counts.exists():  # written last
+    data, counts = out / "data", duplicates_table(out)
+    if Path(counts).exists():  # written last
         print("  already built")
         return str(data)
     corpus = minicorpus.build_corpus(config.corpus)
     minicorpus.save_tokenizer(corpus.tokenizer, out / "tokenizer")
     minicorpus.write_corpus(corpus, data, config.corpus.shards)
-    with atomic_path(counts) as tmp, open(tmp, "wb") as f:
-        np.save(f, corpus.opening_counts)
+    table = pa.table({"index": np.arange(len(corpus.opening_counts), dtype=np.int64),
+                      "count": corpus.opening_counts.astype(np.int64)})
+    with atomic_path(counts) as tmp:
+        pq.write_table(table, tmp)
     return str(data)
+
+
+def duplicates_table(out: Path) -> str:
+    """How often each stored sequence's opening occurs in the corpus text, as `vmem report
+    --duplicates` reads it."""
+    return str(out / "data" / "duplicates.parquet")
 
 
 def evaluate_checkpoint(out: Path, data: str, size: str, step: int, sequences_per_step: int,

@@ -131,7 +131,10 @@ def plan(ev: Evaluation) -> Plan:
         max_len=lens[-1] + ev.cont_len + 1)
     config, reasons = resolve(requested, (existing or {}).get("settings"))
     model_config = preflight(config)
-    manifest = build_manifest(ev, lens, config, reasons, dataset, start, stop)
+    # A generation run started before edit similarity was recorded resumes without it.
+    edit_similarity = ev.method == GENERATE and (
+        existing is None or bool(existing["settings"].get("edit_similarity")))
+    manifest = build_manifest(ev, lens, config, reasons, dataset, start, stop, edit_similarity)
     folder.check_claim(manifest, existing)
     lo, hi = task_slice(start, stop, *task_from_env(ev.task_id, ev.num_tasks))
     return Plan(ev, dataset, folder, config, reasons, model_config, manifest, lo, hi)
@@ -232,7 +235,7 @@ def _score(engine, ev: Evaluation, lens: list[int], prompts: np.ndarray,
 
 
 def build_manifest(ev: Evaluation, lens: list[int], config: EngineConfig, reasons: dict,
-                   dataset: Dataset, start: int, stop: int) -> dict:
+                   dataset: Dataset, start: int, stop: int, edit_similarity: bool) -> dict:
     data_location = dataset.location if is_s3(ev.data) else os.path.abspath(dataset.location)
     settings = {
         "model": config.model, "revision": config.revision,
@@ -249,6 +252,8 @@ def build_manifest(ev: Evaluation, lens: list[int], config: EngineConfig, reason
     }
     if ev.method != GENERATE:  # a generation run's settings (and fingerprint) stay as they were
         settings["method"] = ev.method
+    if edit_similarity:
+        settings["edit_similarity"] = True
     size = pythia.size_of(config.model)
     return {
         "vmem_version": vmem.__version__,

@@ -71,8 +71,8 @@ def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, st
                     settings: dict) -> pa.Table:
     """The score file's rows, checked: the run's columns, indices exactly [start, stop) in order,
     matches and prefix matches within 0..cont_len, and what ties them: prefix_match <= matches
-    and score = matches / cont_len (generation), memorized = prefix_match == cont_len
-    (verification)."""
+    and score = matches / cont_len <= edit_similarity <= 1 (generation), memorized =
+    prefix_match == cont_len (verification)."""
     expected, cont_len = columns(settings), settings["cont_len"]
     raw = pa.BufferReader(source) if isinstance(source, bytes) else source
     try:
@@ -98,6 +98,9 @@ def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, st
         matches = counts["matches"]
         wrong = wrong or np.any(counts["prefix_match"] > matches) or not np.array_equal(
             table["score"].to_numpy(), matches / cont_len)
+        if "edit_similarity" in expected:  # Levenshtein never exceeds Hamming distance
+            similarity = table["edit_similarity"].to_numpy()
+            wrong = wrong or np.any(similarity > 1) or np.any(similarity < matches / cont_len)
     elif "memorized" in expected:
         wrong = wrong or not np.array_equal(table["memorized"].to_numpy(),
                                             counts["prefix_match"] == cont_len)

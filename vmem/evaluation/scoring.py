@@ -4,6 +4,8 @@ one schema of the tables that hold them (score files and merged runs).
 Two methods fill a run's tables (settings["method"]):
 - generate: greedy decoding; `score` = matches / cont_len, `matches` counts equal positions
   anywhere, `prefix_match` the leading run of equal tokens. Memorized: matches == cont_len.
+  Runs started since approximate memorization was added (settings["edit_similarity"]) also hold
+  `edit_similarity` = 1 - token-level Levenshtein distance / cont_len (Ippolito et al. 2022).
 - verify: one teacher-forced pass; `prefix_match` is exact (greedy decoding follows the truth as
   long as the argmax given the true prefix equals it) and `memorized` = prefix_match == cont_len.
   With several prompt lengths, one `prefix_match_p<P>` per length. No fractional score.
@@ -39,8 +41,9 @@ def columns(settings: dict) -> list[str]:
     """A score table's columns for a run's settings, in order."""
     logprobs = settings["logprobs"]
     if method(settings) == GENERATE:
-        return ["index", "score", "matches", "prefix_match"] + (["cont_logprob"] if logprobs
-                                                                 else [])
+        return (["index", "score", "matches", "prefix_match"]
+                + (["edit_similarity"] if settings.get("edit_similarity") else [])
+                + (["cont_logprob"] if logprobs else []))
     lens = prompt_lens(settings)
     if len(lens) == 1:
         return ["index", "prefix_match", "memorized"] + (["cont_logprob"] if logprobs else [])
@@ -51,7 +54,7 @@ def columns(settings: dict) -> list[str]:
 def column_type(name: str) -> pa.DataType:
     if name == "memorized":
         return pa.bool_()
-    if name == "score" or name.startswith("cont_logprob"):
+    if name in ("score", "edit_similarity") or name.startswith("cont_logprob"):
         return pa.float64()
     return pa.int64()
 
@@ -92,10 +95,27 @@ def score_batch(generated: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, n
     return equal.sum(axis=1, dtype=np.int64), leading_run(equal)
 
 
+def edit_similarity(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per row, 1 - (token-level Levenshtein distance) / cont_len. The dynamic programme runs
+    over truth positions, vectorised over rows and generated positions: an insertion chain
+    cur[j] = min_k (best[k] + j - k) is a running minimum of best - j, plus j."""
+    n, length = truth.shape
+    j = np.arange(generated.shape[1] + 1, dtype=np.int32)
+    previous = np.broadcast_to(j, (n, j.size))
+    for i in range(1, length + 1):
+        best = np.empty_like(previous)
+        best[:, 0] = i
+        best[:, 1:] = np.minimum(previous[:, :-1] + (generated != truth[:, i - 1:i]),
+                                 previous[:, 1:] + 1)
+        previous = np.minimum.accumulate(best - j, axis=1) + j
+    return 1.0 - previous[:, -1] / length
+
+
 def generation_values(generated: np.ndarray, truth: np.ndarray,
                       cont_logprob: np.ndarray | None) -> dict[str, np.ndarray]:
     matches, prefix = score_batch(generated, truth)
-    values = {"score": matches / truth.shape[1], "matches": matches, "prefix_match": prefix}
+    values = {"score": matches / truth.shape[1], "matches": matches, "prefix_match": prefix,
+              "edit_similarity": edit_similarity(generated, truth)}
     if cont_logprob is not None:
         values["cont_logprob"] = cont_logprob
     return values

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,17 +40,11 @@ OTHER_SUITE = "other"  # every non-Pythia model: one suite, compared among thems
 CHECKPOINT_FOLDER = re.compile(r"^(?P<model>.*[^/])/step\d+/*$")
 
 
-@dataclass(frozen=True)
-class RunFiles:
-    name: str
-    table: str  # local path or s3:// URL
-    manifest: str
-
-
 @dataclass
 class Run:
-    name: str
+    name: str  # from the manifest: model, checkpoint and method (see `run_name`)
     table: str
+    settings: dict  # the manifest's settings: what the run claims to be
     model: str  # settings.model: what groups runs into one model
     label: str  # short display name of the model
     suite: str  # models compared with each other (duped and deduped Pythia are two suites)
@@ -68,6 +62,7 @@ class Run:
     matches: np.ndarray | None
     flags: np.ndarray | None
     cont_logprob: np.ndarray | None  # float32, when the run recorded --logprobs
+    edit_similarity: np.ndarray | None  # float32, generation runs that recorded it
     # A verification run over several prompt lengths: prefix_match (uint8) per length.
     prefix_by_prompt_len: dict[int, np.ndarray]
 
@@ -93,33 +88,53 @@ class Run:
                                        tokens_per_sequence=self.tokens_per_sequence)
 
 
-def find_runs(results: str, *, s3_endpoint: str | None = None) -> list[RunFiles]:
-    """The merged runs in a folder or s3:// prefix, by name; every table needs its manifest."""
-    folder = Location(results, s3_endpoint=s3_endpoint)
-    if not folder.is_folder():
-        raise VmemError(f"{results}: not a folder of merged runs")
-    names = set(folder.files())
-    tables = sorted(n for n in names if n.endswith(TABLE_SUFFIXES))
+def find_runs(folders: Sequence[str], *, s3_endpoint: str | None = None) -> list[str]:
+    """The merged runs anywhere under the given folders (local or s3://): every NAME.parquet or
+    NAME.csv with NAME.manifest.json beside it. Other tables (score files, report tables, a
+    duplicates table) are not runs; a manifest needs its table."""
+    tables = {}
+    for results in folders:
+        folder = Location(results, s3_endpoint=s3_endpoint)
+        if not folder.is_folder():
+            raise VmemError(f"{results}: not a folder of merged runs")
+        names = set(folder.files(recursive=True))
+        for manifest in sorted(n for n in names if n.endswith(MANIFEST_SUFFIX)):
+            stem = manifest[:-len(MANIFEST_SUFFIX)]
+            found = [stem + suffix for suffix in TABLE_SUFFIXES if stem + suffix in names]
+            if len(found) != 1:
+                raise VmemError(f"{folder.join(manifest)}: expected one table beside it "
+                                f"({stem}.parquet or {stem}.csv), found {len(found)}")
+            tables.setdefault(folder.join(found[0]), None)  # a folder given twice
     if not tables:
-        raise VmemError(f"{results}: no merged runs (NAME.parquet or NAME.csv with "
+        raise VmemError(f"{', '.join(folders)}: no merged runs (NAME.parquet or NAME.csv with "
                         f"NAME{MANIFEST_SUFFIX}) found")
-    runs, seen = [], {}
-    for table in tables:
-        stem = table.rsplit(".", 1)[0]
-        if stem in seen:
-            raise VmemError(f"{results}: run {stem!r} is there twice ({seen[stem]} and {table}); "
-                            "keep one table per run")
-        seen[stem] = table
-        if stem + MANIFEST_SUFFIX not in names:
-            raise VmemError(f"{folder.join(table)}: no manifest beside it; expected "
-                            f"{folder.join(stem + MANIFEST_SUFFIX)} (vmem merge writes it)")
-        runs.append(RunFiles(stem, folder.join(table), folder.join(stem + MANIFEST_SUFFIX)))
+    return list(tables)
+
+
+def load_runs(folders: Sequence[str], *, s3_endpoint: str | None = None) -> list[Run]:
+    """Every merged run under `folders`. Two files claiming the same run are refused; two runs
+    whose names would clash are named by their files instead."""
+    runs = [load_run(table, s3_endpoint=s3_endpoint) for table in find_runs(
+        folders, s3_endpoint=s3_endpoint)]
+    by_name: dict[str, list[Run]] = {}
+    for run in runs:
+        by_name.setdefault(run.name, []).append(run)
+    for clashing in (group for group in by_name.values() if len(group) > 1):
+        for i, run in enumerate(clashing):
+            for other in clashing[:i]:
+                if other.settings == run.settings:
+                    raise VmemError(f"{other.table} and {run.table} claim the same run "
+                                    f"({run.model}, revision {run.settings.get('revision')}, "
+                                    f"[{run.start}, {run.stop}), same settings); keep one")
+        for run in clashing:
+            run.name = run.table.rsplit(".", 1)[0]
     return runs
 
 
-def load_runs(results: str, *, s3_endpoint: str | None = None) -> list[Run]:
-    files = find_runs(results, s3_endpoint=s3_endpoint)
-    return [load_run(f.table, s3_endpoint=s3_endpoint) for f in files]
+def run_name(label: str, step: int | None, run_method: str) -> str:
+    """`pythia-1b-step143000`, with `-verify` for a verification run."""
+    name = label if step is None else f"{label}-step{step}"
+    return name if run_method == GENERATE else f"{name}-{run_method}"
 
 
 def load_run(table: str, *, s3_endpoint: str | None = None) -> Run:
@@ -174,13 +189,14 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> tuple[Run, dic
     if params is None and (size := pythia.size_of(model)) is not None:
         params = size.params
     data = settings.get("data") or {}
-    name = Path(table.rsplit(".", 1)[0]).name
+    label = Path(model.rstrip("/")).name or model
+    step = None if step is None else int(step)
     n, generated = stop - start, method(settings) == GENERATE
     several = not generated and len(prompt_lens(settings)) > 1
     run = Run(
-        name=name, table=table, model=model, label=Path(model.rstrip("/")).name or model,
-        suite=pythia.suite_of(model) or OTHER_SUITE,
-        step=None if step is None else int(step), params=None if params is None else int(params),
+        name=run_name(label, step, method(settings)), table=table, settings=settings,
+        model=model, label=label, suite=pythia.suite_of(model) or OTHER_SUITE,
+        step=step, params=None if params is None else int(params),
         start=start, stop=stop, cont_len=cont_len,
         sequences_per_step=int(settings.get("batch_size") or pythia.SEQUENCES_PER_STEP),
         tokens_per_sequence=int(data.get("seq_len") or pythia.TOKENS_PER_SEQUENCE + 1) - 1,
@@ -188,6 +204,8 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> tuple[Run, dic
         matches=np.empty(n, dtype=np.uint8) if generated else None,
         flags=None if generated else np.empty(n, dtype=np.bool_),
         cont_logprob=np.empty(n, dtype=np.float32) if settings.get("logprobs") else None,
+        edit_similarity=np.empty(n, dtype=np.float32)
+        if "edit_similarity" in columns(settings) else None,
         prefix_by_prompt_len={p: np.empty(n, dtype=np.uint8) for p in prompt_lens(settings)}
         if several else {},
     )
@@ -205,6 +223,8 @@ def _fill_arrays(run: Run, path: str, settings: dict) -> None:
     wanted = ["index", *dict.fromkeys([flag, *counts])]
     if run.cont_logprob is not None:
         wanted.append(logprob)
+    if run.edit_similarity is not None:
+        wanted.append("edit_similarity")
     filled = 0
     for batch in _record_batches(path, wanted, columns(settings), run.table):
         index = _column(batch, "index", run.table)
@@ -231,6 +251,12 @@ def _fill_arrays(run: Run, path: str, settings: dict) -> None:
             run.flags[window] = memorized_flags(settings, values)
         if run.cont_logprob is not None:
             run.cont_logprob[window] = _column(batch, logprob, run.table)
+        if run.edit_similarity is not None:
+            values = _column(batch, "edit_similarity", run.table)
+            if values.min() < 0 or values.max() > 1:
+                raise VmemError(f"{run.table}: edit_similarity must lie in 0..1, found "
+                                f"{values.min()}..{values.max()}")
+            run.edit_similarity[window] = values
         filled += rows
     if filled != run.evaluated:
         raise VmemError(f"{run.table}: {filled} rows, but the manifest's range "
@@ -268,7 +294,7 @@ def _column(batch: pa.RecordBatch, name: str, where: str) -> np.ndarray:
         raise VmemError(f"{where}: column {name} has empty values")
     if name == "memorized":
         fits, kind = pa.types.is_boolean(column.type), "true/false values"
-    elif name.startswith("cont_logprob"):
+    elif name.startswith("cont_logprob") or name == "edit_similarity":
         fits, kind = pa.types.is_floating(column.type) or pa.types.is_integer(column.type), \
             "numbers"
     else:

@@ -5,35 +5,41 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from vmem.errors import VmemError
-from vmem.study import analysis, figures
+from vmem.study import analysis, extraction, figures, forgetting
 from vmem.study.comparisons import FAMILIES, plan_comparisons, split_twins
 from vmem.study.document import Document
+from vmem.study.duplication import (
+    Duplicates,
+    duplication_figure,
+    duplication_table,
+    read_duplicates,
+)
 from vmem.study.merged_runs import Run, load_runs
 
-# A caller's own analysis: writes its files under the report folder and adds blocks to the report.
-Section = Callable[[Document, Path], None]
 
-
-def report(results: str, out: Path, *, s3_endpoint: str | None = None) -> list[Run]:
-    """The report of the merged runs in `results` (a folder or s3:// prefix) into `out`."""
+def report(folders: Sequence[str], out: Path, *, duplicates: str | None = None,
+           s3_endpoint: str | None = None) -> list[Run]:
+    """The report of the merged runs anywhere under `folders` (local or s3://) into `out`, with
+    the memorized share by duplication when a `duplicates` table (index,count) is given."""
     _check_report_folder(out)
-    runs = load_runs(results, s3_endpoint=s3_endpoint)
-    write_report(runs, results, out)
+    counts = None if duplicates is None else read_duplicates(duplicates, s3_endpoint=s3_endpoint)
+    runs = load_runs(folders, s3_endpoint=s3_endpoint)
+    write_report(runs, ", ".join(folders), out, counts)
     return runs
 
 
 def write_report(runs: list[Run], results: str, out: Path,
-                 extra_sections: Sequence[Section] = ()) -> None:
+                 duplicates: Duplicates | None = None) -> None:
     """Compute everything first (a bad input fails before anything is written), then write the
     report into a temporary folder beside `out` and rename it into place."""
     runs = sorted(runs, key=lambda r: (r.suite, r.params or 0, r.step or 0, r.name))
-    tables, fits = _tables(runs, results)
+    tables, fits, notes = _tables(runs, results, duplicates)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     umask = os.umask(0)
@@ -46,7 +52,7 @@ def write_report(runs: list[Run], results: str, out: Path,
             table.to_csv(tmp / "tables" / f"{name}.csv", index=False, float_format="%.10g",
                          lineterminator="\n")
         drawn = _figures(tables, fits, tmp / "figures")
-        document = _document(runs, results, tables, drawn, extra_sections, tmp)
+        document = _document(runs, results, tables, drawn, notes)
         (tmp / "report.md").write_text(document.markdown(), encoding="utf-8")
         (tmp / "report.html").write_text(document.html(tmp), encoding="utf-8")
         _replace_folder(tmp, out)
@@ -55,7 +61,9 @@ def write_report(runs: list[Run], results: str, out: Path,
         raise
 
 
-def _tables(runs: list[Run], results: str) -> tuple[dict[str, pd.DataFrame], dict]:
+def _tables(runs: list[Run], results: str, duplicates: Duplicates | None
+            ) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+    """The tables by name, the compute fits, and notes for the text (by section)."""
     # The fractional score exists for generation runs only; verification runs have the flag.
     generated = [run for run in runs if run.matches is not None]
     counts = {run.name: analysis.score_counts(run) for run in generated}
@@ -75,10 +83,21 @@ def _tables(runs: list[Run], results: str) -> tuple[dict[str, pd.DataFrame], dic
         tables["logprob_summary"], tables["logprob_histogram"] = analysis.logprob_tables(runs)
     if any(run.prefix_by_prompt_len for run in runs):
         tables["prompt_length"] = analysis.prompt_length_table(runs)
-    _, twins = split_twins(runs, results)
+    standing, twins = split_twins(runs, results)
     if twins:
         tables["method_agreement"] = analysis.method_agreement_table(twins)
-    return tables, fits
+    optional = {
+        "forgetting": forgetting.forgetting_table(standing),
+        "forgetting_recurrence": forgetting.recurrence_table(standing),
+        "extraction_np": extraction.np_table(runs),
+        "approximate": extraction.approximate_table(runs),
+    }
+    tables.update((name, table) for name, table in optional.items() if len(table))
+    notes = {}
+    if duplicates is not None:
+        tables["duplication"], notes["unlisted"] = duplication_table(runs, duplicates)
+        notes["duplicates"] = duplicates.source
+    return tables, fits, notes
 
 
 def _figures(tables: dict[str, pd.DataFrame], fits: dict, folder: Path) -> dict[str, str]:
@@ -103,12 +122,17 @@ def _figures(tables: dict[str, pd.DataFrame], fits: dict, folder: Path) -> dict[
         draw("logprob", figures.logprob_histograms, tables["logprob_histogram"])
     if "prompt_length" in tables:
         draw("prompt_length", figures.prompt_length, tables["prompt_length"])
+    if "forgetting" in tables:
+        draw("forgetting", forgetting.forgetting_figure, tables["forgetting"])
+    if "extraction_np" in tables:
+        draw("extraction_np", extraction.np_figure, tables["extraction_np"])
+    if len(tables.get("duplication", ())):
+        draw("duplication", duplication_figure, tables["duplication"])
     return drawn
 
 
 def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
-              drawn: dict[str, str], extra_sections: Sequence[Section] = (),
-              folder: Path | None = None) -> Document:
+              drawn: dict[str, str], notes: dict) -> Document:
     rates, pred = tables["memorization_rates"], tables["predictability"]
     doc = Document("Memorization report")
     doc.paragraph(
@@ -207,13 +231,75 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
                       "more likely in float16/bfloat16).")
         doc.table(_show(tables["method_agreement"]))
 
-    for section in extra_sections:
-        section(doc, folder)
+    if "forgetting" in tables:
+        _forgetting_section(doc, tables, drawn)
+    if "extraction_np" in tables:
+        _np_section(doc, tables, drawn)
+    if "approximate" in tables:
+        _approximate_section(doc, tables)
+    if "duplication" in tables:
+        _duplication_section(doc, tables, drawn, notes)
 
     doc.heading("Files")
     doc.bullets([f"`tables/{name}.csv`" for name in tables]
                 + [f"`{path}`" for path in drawn.values()])
     return doc
+
+
+def _forgetting_section(doc: Document, tables: dict[str, pd.DataFrame],
+                        drawn: dict[str, str]) -> None:
+    doc.heading("10. Forgetting between checkpoints")
+    doc.paragraph("Consecutive checkpoints of each model, on the sequences both have evaluated "
+                  "and the earlier one had already trained on: memorized at both (kept), at the "
+                  "earlier only (forgotten), at the later only (new), at neither (never).")
+    doc.table(_show(tables["forgetting"]))
+    doc.figure(drawn["forgetting"], "Forgotten and newly memorized sequences per transition.")
+    if "forgetting_recurrence" in tables:
+        doc.paragraph("Over the sequences every checkpoint of a model has seen: memorized at "
+                      "one checkpoint and not at a later one (forgotten), and of those, memorized "
+                      "again at a still later one.")
+        doc.table(_show(tables["forgetting_recurrence"]))
+
+
+def _np_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dict[str, str]) -> None:
+    doc.heading("11. Probabilistic extraction")
+    doc.paragraph("Runs with the continuation's log-probability: p_z = exp(cont_logprob) is the "
+                  "chance that one sampled continuation is the true one; a sequence is "
+                  "(n, p)-extractable when n samples find it with probability 1 − (1 − p_z)^n ≥ p "
+                  "(Hayes et al. 2024). Beside it, the greedy memorized share.")
+    wide = tables["extraction_np"].pivot_table(index=["run", "p", "greedy_share"], columns="n",
+                                               values="share", sort=False)
+    wide.columns = [f"n={n}" for n in wide.columns]
+    shown = wide.reset_index()
+    doc.table(_show(shown).assign(**{c: [_pct(v) for v in shown[c]] for c in wide.columns}))
+    doc.figure(drawn["extraction_np"], "(n, p)-extractable share against the number of samples.")
+
+
+def _approximate_section(doc: Document, tables: dict[str, pd.DataFrame]) -> None:
+    doc.heading("12. Approximate memorization")
+    doc.paragraph("Generation runs: the edit similarity of the greedy continuation to the truth, "
+                  "1 − token-level Levenshtein distance / continuation length (Ippolito et al. "
+                  "2022), and the share of sequences above 0.9 and 0.75, beside exact "
+                  "memorization (similarity 1).")
+    doc.table(_show(tables["approximate"]))
+
+
+def _duplication_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dict[str, str],
+                         notes: dict) -> None:
+    doc.heading("13. Memorization against duplication")
+    unlisted = {run: n for run, n in notes["unlisted"].items() if n}
+    doc.paragraph(f"How often each sequence occurs in the training data, from "
+                  f"`{notes['duplicates']}` (index,count), in buckets by powers of two. All "
+                  f"values: `tables/duplication.csv`."
+                  + (" Sequences the table does not list are left out: "
+                     + ", ".join(f"{run} {_int(n)}" for run, n in unlisted.items()) + "."
+                     if unlisted else ""))
+    table = tables["duplication"]
+    if len(table):
+        doc.table(_show(table[["run", "occurrences", "sequences", "memorized", "share"]]))
+        doc.figure(drawn["duplication"], "Memorized share by the sequence's occurrences.")
+    else:
+        doc.paragraph("The table lists none of the evaluated sequences.")
 
 
 def _needs_generation(doc: Document, verified: list[str]) -> None:
@@ -265,7 +351,8 @@ def _show(frame: pd.DataFrame) -> pd.DataFrame:
     shown = pd.DataFrame(index=frame.index)
     for column in frame.columns:
         values = frame[column]
-        if column in ("share", "score_0", "score_at_least_half", "score_1", "agreement"):
+        if "share" in column or column in ("score_0", "score_at_least_half", "score_1",
+                                            "agreement"):
             shown[column] = [_pct(v) for v in values]
         elif column in ("step", "cheap_step", "step_first", "step_last", "points"):
             shown[column] = ["–" if pd.isna(v) else str(int(v)) for v in values]

@@ -1,0 +1,97 @@
+"""What happens to memorized sequences between checkpoints (EleutherAI/pythia#29): for consecutive
+checkpoints of one model, on the sequences both have seen, how many stay memorized, are forgotten,
+are newly memorized or never are; and how many forgotten sequences are memorized again later.
+
+A checkpoint at step s has seen the sequences [0, s · sequences_per_step): a sequence it has not
+seen yet can be neither kept nor forgotten, so every comparison stops there.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vmem.study.merged_runs import Run
+
+COLUMNS = ["model", "from_step", "to_step", "kept", "forgotten", "new", "never"]
+RECURRENCE_COLUMNS = ["model", "checkpoints", "sequences", "forgotten", "memorized_again"]
+
+
+def checkpoints_by_model(runs: list[Run]) -> dict[str, list[Run]]:
+    """Each model's runs with a known step, in training order (one run per checkpoint: the
+    caller passes split_twins' runs)."""
+    by_model = defaultdict(list)
+    for run in runs:
+        if run.step is not None:
+            by_model[run.model].append(run)
+    return {model: sorted(rs, key=lambda r: r.step) for model, rs in by_model.items()
+            if len(rs) > 1}
+
+
+def seen_by_all(runs: list[Run]) -> tuple[int, int]:
+    """The sequences every run evaluated and the earliest checkpoint had already trained on."""
+    first = runs[0]
+    return (max(r.start for r in runs),
+            min(min(r.stop for r in runs), first.step * first.sequences_per_step))
+
+
+def forgetting_table(runs: list[Run]) -> pd.DataFrame:
+    rows = []
+    for checkpoints in checkpoints_by_model(runs).values():
+        for before, after in pairwise(checkpoints):
+            start, stop = seen_by_all([before, after])
+            if start >= stop:
+                continue
+            was, now = before.memorized(start, stop), after.memorized(start, stop)
+            rows.append(dict(model=before.label, from_step=before.step, to_step=after.step,
+                             kept=int((was & now).sum()), forgotten=int((was & ~now).sum()),
+                             new=int((~was & now).sum()), never=int((~was & ~now).sum())))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def recurrence_table(runs: list[Run]) -> pd.DataFrame:
+    """Per model, over the sequences all its checkpoints have seen: memorized at one checkpoint
+    and not at a later one (forgotten), and of those, memorized again at a still later one."""
+    rows = []
+    for checkpoints in checkpoints_by_model(runs).values():
+        start, stop = seen_by_all(checkpoints)
+        if start >= stop:
+            continue
+        ever, forgotten, again = (np.zeros(stop - start, dtype=bool) for _ in range(3))
+        for run in checkpoints:
+            memorized = run.memorized(start, stop)
+            again = again | (forgotten & memorized)
+            forgotten = forgotten | (ever & ~memorized)
+            ever = ever | memorized
+        rows.append(dict(model=checkpoints[0].label,
+                         checkpoints=",".join(str(r.step) for r in checkpoints),
+                         sequences=stop - start, forgotten=int(forgotten.sum()),
+                         memorized_again=int(again.sum())))
+    return pd.DataFrame(rows, columns=RECURRENCE_COLUMNS)
+
+
+def forgetting_figure(table: pd.DataFrame, path: Path) -> None:
+    """Per transition: forgotten as a share of what was memorized, and new as a share of what
+    was not."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2))
+    lost, gained = fig.subplots(1, 2)
+    for model, rows in table.groupby("model", sort=False):
+        memorized_before = rows["kept"] + rows["forgotten"]
+        lost.plot(rows["to_step"], 100 * rows["forgotten"] / memorized_before.where(
+            memorized_before > 0), marker="o", label=model)
+        gained.plot(rows["to_step"], 100 * rows["new"] / (rows["new"] + rows["never"]),
+                    marker="o", label=model)
+    lost.set_title("Forgotten since the previous checkpoint")
+    lost.set_ylabel("% of the sequences memorized there")
+    gained.set_title("Newly memorized since the previous checkpoint")
+    gained.set_ylabel("% of the sequences not memorized there")
+    for ax in (lost, gained):
+        ax.set_xlabel("training step of the later checkpoint")
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
