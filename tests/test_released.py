@@ -46,13 +46,14 @@ def generated(tmp_path: Path) -> Path:
 @pytest.fixture
 def released(tmp_path: Path, generated: Path, data: str) -> Path:
     """The list EleutherAI would publish for that run: its memorized indices and their first 64
-    tokens (as `vmem export-memorized` writes them), rows shuffled."""
+    tokens (as `vmem export-memorized` writes them), rows shuffled, and the published lists'
+    extra column (a copy of index left by pandas)."""
     exported = tmp_path / "exported.parquet"
     assert main(["export-memorized", str(generated), "-o", str(exported), "--data", data]) == 0
     table = pq.read_table(exported)
     shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
     path = tmp_path / "duped.70m.parquet"
-    pq.write_table(shuffled, path)
+    pq.write_table(shuffled.append_column("__index_level_0__", shuffled.column("index")), path)
     return path
 
 
@@ -190,7 +191,7 @@ def test_refused_in_one_line_writing_nothing(capsys, tmp_path, released, data, c
         expected = "index 3 has 63 tokens; expected 64 to 70"
     elif case == "no index":
         source = rewrite(released, table.drop_columns(["index"]))
-        expected = "no column index (found tokens)"
+        expected = "no column index (found tokens, __index_level_0__)"
     elif case == "outside":
         source, extra = write_list(tmp_path / "far.parquet", [3, 300, 301]), []
         expected = "lists 2 sequence(s) outside [0, 300)"
