@@ -91,13 +91,14 @@ def test_verification_runs_merge_resume_and_report(capsys, tmp_path, hf_engine, 
     assert main(["report", str(results), "-o", str(tmp_path / "report")]) == 0
     report = tmp_path / "report"
     agreement = pd.read_csv(report / "tables" / "method_agreement.csv")
-    assert agreement[["verify_run", "generate_run", "only_verify", "only_generate",
-                      "agreement"]].values.tolist() == [["verify", "generate", 0, 0, 1.0]]
+    assert agreement[["run", "method", "reference", "reference_method", "only_run",
+                      "only_reference", "agreement"]].values.tolist() == [
+        ["verify", "verify", "generate", "generate", 0, 0, 1.0]]
     rates = pd.read_csv(report / "tables" / "memorization_rates.csv").set_index("run")
     assert rates.loc["verify", "memorized"] == rates.loc["generate", "memorized"] == MEMORIZED - 1
     assert set(pd.read_csv(report / "tables" / "score_distribution.csv")["run"]) == {"generate"}
     text = (report / "report.md").read_text()
-    assert "not shown for the verification run(s) verify" in text
+    assert "not shown for the flags-only run(s) verify" in text
 
     # A verification run alone, at several prompt lengths: the flag analyses and the curve.
     alone = tmp_path / "alone"

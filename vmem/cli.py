@@ -16,7 +16,8 @@ Measure verbatim memorization of training data in language models (Biderman et a
 each training sequence's first 32 tokens are the prompt, the model continues greedily for 32
 tokens, and the score is the share that equals the true continuation (1.0 = memorized).
 Start with `vmem demo` (the whole study on a mini suite, no downloads); on real data:
-`vmem evaluate` -> `vmem status` (on a cluster) -> `vmem merge` -> `vmem report`."""
+`vmem evaluate` -> `vmem status` (on a cluster) -> `vmem merge` -> `vmem report`. EleutherAI's
+released lists of memorized sequences join a report through `vmem import-released`."""
 
 
 def _add_data_source(p: argparse.ArgumentParser, *, dtype_alias: bool = False) -> None:
@@ -179,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_source(ex)
     ex.add_argument("--tokens", type=int, default=64)
 
+    im = sub.add_parser("import-released", parents=[common],
+                        help="EleutherAI's list of a model's memorized sequences → a merged run")
+    im.add_argument("source", help="the list: parquet rows index,tokens (local or s3://)")
+    im.add_argument("--model", required=True, help="the model it lists, e.g. EleutherAI/pythia-12b")
+    im.add_argument("--step", type=int, required=True,
+                    help="its checkpoint (Pythia's final: 143000); the run covers "
+                         "[0, step * sequences per step)")
+    im.add_argument("-o", "--output", required=True,
+                    help="folder of merged runs; writes <model>-step<N>-released.parquet and "
+                         "its .manifest.json")
+    im.add_argument("--data", default=None,
+                    help="the training data (as for vmem evaluate): check every row's tokens")
+    _add_data_source(im)
+
     demo = sub.add_parser("demo", parents=[common],
                           help="the whole study on a mini suite trained on the spot")
     demo.add_argument("--out", default="demo-out")
@@ -281,6 +296,15 @@ def export_command(args: argparse.Namespace) -> None:
     print(f"vmem export-memorized: {count:,} memorized sequences of {run.name} → {args.output}")
 
 
+def import_command(args: argparse.Namespace) -> None:
+    from vmem.study.released import check_request, import_released
+
+    check_request(args.step, args.sequences_per_step, args.output)
+    data = None if args.data is None else _dataset(args, args.data)
+    import_released(args.source, model=args.model, step=args.step, out=args.output, data=data,
+                    sequences_per_step=args.sequences_per_step, s3_endpoint=args.s3_endpoint)
+
+
 def demo_command(args: argparse.Namespace) -> None:
     from vmem.demo.run import DEFAULT, QUICK, run_demo
 
@@ -289,7 +313,8 @@ def demo_command(args: argparse.Namespace) -> None:
 
 COMMANDS = {"data": data_command, "evaluate": evaluate_command, "spot": spot_command,
             "status": status_command, "merge": merge_command, "report": report_command,
-            "export-memorized": export_command, "demo": demo_command}
+            "export-memorized": export_command, "import-released": import_command,
+            "demo": demo_command}
 
 
 def main(argv: list[str] | None = None) -> int:

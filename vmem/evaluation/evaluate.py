@@ -42,8 +42,14 @@ from vmem.evaluation.scoring import (
     verification_values,
 )
 from vmem.evaluation.slicing import task_from_env, task_slice
-from vmem.io.dataset import Dataset, check_window, iter_batches, open_dataset, resolve_range
-from vmem.io.location import is_s3
+from vmem.io.dataset import (
+    Dataset,
+    check_window,
+    iter_batches,
+    manifest_entry,
+    open_dataset,
+    resolve_range,
+)
 
 DEFAULT_CHUNK = 8192  # prompts per engine call: enough to keep vLLM's scheduler full
 
@@ -236,16 +242,13 @@ def _score(engine, ev: Evaluation, lens: list[int], prompts: np.ndarray,
 
 def build_manifest(ev: Evaluation, lens: list[int], config: EngineConfig, reasons: dict,
                    dataset: Dataset, start: int, stop: int, edit_similarity: bool) -> dict:
-    data_location = dataset.location if is_s3(ev.data) else os.path.abspath(dataset.location)
     settings = {
         "model": config.model, "revision": config.revision,
         "dtype": config.dtype, "engine": config.engine,
         "prompt_len": lens[0] if len(lens) == 1 else lens, "cont_len": ev.cont_len,
         "offset": ev.offset,
         "eos_mode": "allow" if ev.allow_eos else "paper", "logprobs": ev.logprobs,
-        "data": {"location": data_location, "layout": dataset.layout,
-                 "num_sequences": dataset.num_sequences, "seq_len": dataset.seq_len,
-                 "dtype": np.dtype(dataset.dtype).name},
+        "data": manifest_entry(dataset),
         # Sequences per training step. The key keeps its first name (the flag's alias): it is
         # fingerprinted, and runs started under that name must resume.
         "start": start, "stop": stop, "batch_size": ev.sequences_per_step,

@@ -9,6 +9,8 @@ Two methods fill a run's tables (settings["method"]):
 - verify: one teacher-forced pass; `prefix_match` is exact (greedy decoding follows the truth as
   long as the argmax given the true prefix equals it) and `memorized` = prefix_match == cont_len.
   With several prompt lengths, one `prefix_match_p<P>` per length. No fractional score.
+- released: EleutherAI's published list of a final model's memorized sequences, imported by
+  `vmem import-released` as `memorized` per index of the checkpoint's range. Flags only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-GENERATE, VERIFY = "generate", "verify"
+GENERATE, VERIFY, RELEASED = "generate", "verify", "released"
+METHODS = (GENERATE, VERIFY, RELEASED)
 PAPER_PROMPT_LEN = 32
 
 
@@ -39,6 +42,8 @@ def primary_prompt_len(settings: dict) -> int:
 
 def columns(settings: dict) -> list[str]:
     """A score table's columns for a run's settings, in order."""
+    if method(settings) == RELEASED:
+        return ["index", "memorized"]
     logprobs = settings["logprobs"]
     if method(settings) == GENERATE:
         return (["index", "score", "matches", "prefix_match"]
@@ -68,7 +73,7 @@ def memorized_column(settings: dict) -> str:
     `memorized` itself)."""
     if method(settings) == GENERATE:
         return "matches"
-    if len(prompt_lens(settings)) == 1:
+    if method(settings) == RELEASED or len(prompt_lens(settings)) == 1:
         return "memorized"
     return f"prefix_match_p{primary_prompt_len(settings)}"
 

@@ -319,7 +319,7 @@ def _prefetched(load: Callable[[int], Batch], firsts: range, depth: int) -> Iter
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-# --- what `vmem data info` shows and `vmem data dump` writes -------------------------------------
+# --- what `vmem data info` shows, manifests record and `vmem data dump` writes -------------------
 
 def describe(dataset: Dataset, sequences_per_step: int = SEQUENCES_PER_STEP) -> str:
     _check_step(0, sequences_per_step)
@@ -339,6 +339,13 @@ def describe(dataset: Dataset, sequences_per_step: int = SEQUENCES_PER_STEP) -> 
         files = [*files[:3], f"... {len(files) - 4} more", files[-1]]
     lines += [f"{'files' if i == 0 else '':10} {path}" for i, path in enumerate(files)]
     return "\n".join(lines)
+
+
+def manifest_entry(dataset: Dataset) -> dict:
+    """How a run's manifest records its dataset (`settings.data`); the location is absolute."""
+    return {"location": dataset.location, "layout": dataset.layout,
+            "num_sequences": dataset.num_sequences, "seq_len": dataset.seq_len,
+            "dtype": np.dtype(dataset.dtype).name}
 
 
 def check_dump_output(output: str) -> None:

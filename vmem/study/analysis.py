@@ -310,27 +310,28 @@ def prompt_length_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def method_agreement_table(pairs: list[tuple[Run, Run]]) -> pd.DataFrame:
-    """A verification and a generation run of one model and checkpoint, on the sequences both
-    have seen: their memorized flags must agree (they do exactly in float32)."""
+    """Two runs of one model and checkpoint by different methods (a run and the reference that
+    stands for the checkpoint), on the sequences both have seen: how far their memorized flags
+    agree (verification and generation agree exactly in float32)."""
     rows = []
-    for verified, generated in pairs:
-        start, stop = max(verified.start, generated.start), min(verified.stop, generated.stop)
+    for run, reference in pairs:
+        start, stop = max(run.start, reference.start), min(run.stop, reference.stop)
         if start >= stop:  # nothing both have seen: nothing to compare
             continue
-        both = only_verified = only_generated = 0
+        both = only_run = only_reference = 0
         for a, b in _chunks(start, stop):
-            v, g = verified.memorized(a, b), generated.memorized(a, b)
-            both += np.count_nonzero(v & g)
-            only_verified += np.count_nonzero(v & ~g)
-            only_generated += np.count_nonzero(g & ~v)
-        rows.append(dict(verify_run=verified.name, generate_run=generated.name,
-                         model=generated.label, step=generated.step, sequences=stop - start,
-                         memorized_both=both, only_verify=only_verified,
-                         only_generate=only_generated,
-                         agreement=1 - (only_verified + only_generated) / (stop - start)))
-    return _frame(rows, ["step"], ["verify_run", "generate_run", "model", "step", "sequences",
-                                   "memorized_both", "only_verify", "only_generate",
-                                   "agreement"])
+            r, ref = run.memorized(a, b), reference.memorized(a, b)
+            both += np.count_nonzero(r & ref)
+            only_run += np.count_nonzero(r & ~ref)
+            only_reference += np.count_nonzero(ref & ~r)
+        rows.append(dict(run=run.name, method=run.method, reference=reference.name,
+                         reference_method=reference.method, model=reference.label,
+                         step=reference.step, sequences=stop - start, memorized_both=both,
+                         only_run=only_run, only_reference=only_reference,
+                         agreement=1 - (only_run + only_reference) / (stop - start)))
+    return _frame(rows, ["step"], ["run", "method", "reference", "reference_method", "model",
+                                   "step", "sequences", "memorized_both", "only_run",
+                                   "only_reference", "agreement"])
 
 
 def _chunks(start: int, stop: int) -> Iterator[tuple[int, int]]:

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 from vmem import pythia
 from vmem.errors import VmemError
-from vmem.evaluation.scoring import VERIFY
+from vmem.evaluation.scoring import GENERATE, RELEASED, VERIFY
 from vmem.study.merged_runs import OTHER_SUITE, Run
 
 FAMILIES = {
     "A": "smaller model, same checkpoint → largest model",
     "B": "earlier checkpoint → same model's final checkpoint",
 }
+# Which run stands for a checkpoint evaluated by several methods: the first of these present.
+STANDING = (GENERATE, VERIFY, RELEASED)
 
 
 @dataclass(frozen=True)
@@ -29,25 +31,26 @@ class Comparison:
 
 
 def split_twins(runs: list[Run], where: str) -> tuple[list[Run], list[tuple[Run, Run]]]:
-    """One run per model and checkpoint, and the (verification, generation) pairs of a model and
-    checkpoint evaluated both ways: the generation run stands for the checkpoint (it has the
-    fractional score too), and the pair's flags are compared. Any other second run is refused."""
-    by_model_step: dict[tuple[str, int | None], Run] = {}
-    twins: dict[tuple[str, int | None], Run] = {}
+    """One run per model and checkpoint, and (other, reference) pairs of a model and checkpoint
+    evaluated by several methods: the first present of STANDING stands for the checkpoint (a
+    generation run has the fractional score too) and every other run's flags are compared with
+    its flags. Two runs of one method, model and checkpoint are refused."""
+    by_model_step: dict[tuple[str, int | None], dict[str, Run]] = {}
     for run in runs:
-        key = (run.model, run.step)
-        other = by_model_step.setdefault(key, run)
-        if other is run:
-            continue
-        if other.method == run.method or key in twins:
+        by_method = by_model_step.setdefault((run.model, run.step), {})
+        if (other := by_method.get(run.method)) is not None:
             raise VmemError(f"{where}: runs {other.name} and {run.name} are both {run.model} at "
-                            f"step {run.step}; keep one run per model and checkpoint (or one "
-                            f"of each method)")
-        generated, verified = (other, run) if run.method == VERIFY else (run, other)
-        _check_window(verified, generated, where)
-        by_model_step[key], twins[key] = generated, verified
-    pairs = [(twins[key], by_model_step[key]) for key in twins]
-    return list(by_model_step.values()), pairs
+                            f"step {run.step} by method {run.method}; keep one run per model, "
+                            f"checkpoint and method")
+        by_method[run.method] = run
+    standing, pairs = [], []
+    for by_method in by_model_step.values():
+        reference, *others = [by_method[m] for m in STANDING if m in by_method]
+        for other in others:
+            _check_window(other, reference, where)
+        standing.append(reference)
+        pairs += [(other, reference) for other in others]
+    return standing, pairs
 
 
 def plan_comparisons(runs: list[Run], where: str) -> list[Comparison]:

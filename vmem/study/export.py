@@ -49,11 +49,16 @@ def write_memorized(dataset: Dataset, memorized: np.ndarray, tokens: int, out: P
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for group in np.array_split(memorized,
                                     max(1, math.ceil(memorized.size / ROWS_PER_GROUP))):
-            spans = [_first_tokens(dataset, span, tokens) for span in _spans(group)]
-            rows = np.concatenate([np.empty((0, tokens), dtype=np.int64), *spans])
+            rows = first_tokens(dataset, group, tokens)
             offsets = np.arange(0, rows.size + 1, tokens, dtype=np.int32)
             writer.write_table(pa.table(
                 [pa.array(group), pa.ListArray.from_arrays(offsets, rows.ravel())], schema=schema))
+
+
+def first_tokens(dataset: Dataset, indices: np.ndarray, tokens: int) -> np.ndarray:
+    """The first `tokens` tokens of the sequences at sorted `indices`, int64 (n, tokens)."""
+    spans = [_span_tokens(dataset, span, tokens) for span in _spans(indices)]
+    return np.concatenate([np.empty((0, tokens), dtype=np.int64), *spans])
 
 
 def _spans(indices: np.ndarray) -> list[np.ndarray]:
@@ -65,6 +70,6 @@ def _spans(indices: np.ndarray) -> list[np.ndarray]:
     return np.split(indices, breaks)
 
 
-def _first_tokens(dataset: Dataset, span: np.ndarray, tokens: int) -> np.ndarray:
+def _span_tokens(dataset: Dataset, span: np.ndarray, tokens: int) -> np.ndarray:
     rows = dataset.read(int(span[0]), int(span[-1]) + 1)
     return rows[span - span[0], :tokens].astype(np.int64)

@@ -22,8 +22,8 @@ from vmem.errors import VmemError
 from vmem.evaluation.merge import MANIFEST_SUFFIX, manifest_beside
 from vmem.evaluation.scoring import (
     GENERATE,
+    METHODS,
     PAPER_PROMPT_LEN,
-    VERIFY,
     columns,
     memorized_column,
     memorized_flags,
@@ -55,10 +55,10 @@ class Run:
     cont_len: int
     sequences_per_step: int
     tokens_per_sequence: int
-    method: str  # "generate" or "verify"
+    method: str  # "generate", "verify" or "released" (an imported list of memorized sequences)
     prompt_len: int  # the prompt length of the flags below (a verify run may have several)
-    # Per sequence, index i for sequence start + i: a generation run's matches (uint8), or a
-    # verification run's memorized flags (bool).
+    # Per sequence, index i for sequence start + i: a generation run's matches (uint8), or the
+    # memorized flags (bool) of a verification or released run.
     matches: np.ndarray | None
     flags: np.ndarray | None
     cont_logprob: np.ndarray | None  # float32, when the run recorded --logprobs
@@ -156,10 +156,10 @@ def _table_settings(settings: dict, where: str) -> dict:
     checked = dict(settings, logprobs=bool(settings.get("logprobs")),
                    prompt_len=settings.get("prompt_len", PAPER_PROMPT_LEN))
     lens = checked["prompt_len"]
-    if method(checked) not in (GENERATE, VERIFY) or not (
+    if method(checked) not in METHODS or not (
             isinstance(lens, int) or (isinstance(lens, list) and lens
                                       and all(isinstance(p, int) for p in lens))):
-        raise VmemError(f"{where}: settings.method must be {GENERATE} or {VERIFY} and "
+        raise VmemError(f"{where}: settings.method must be one of {', '.join(METHODS)} and "
                         f"settings.prompt_len a number of tokens or a list of them, got "
                         f"{checked.get('method')!r} and {lens!r}")
     return checked

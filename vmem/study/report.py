@@ -141,8 +141,10 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         "first tokens are a prompt; the model continues it greedily, and the memorization score "
         "is the share of continuation tokens equal to the true ones. A sequence is memorized "
         "when the score is 1. Verification runs (method verify) decide that flag exactly from "
-        "one teacher-forced pass, without the fractional score. Comparisons between two runs "
-        "use only the sequences both have seen.")
+        "one teacher-forced pass, without the fractional score; released runs (method released) "
+        "are EleutherAI's published lists of memorized sequences, imported with "
+        "`vmem import-released`, and hold the flag alone. Comparisons between two runs use only "
+        "the sequences both have seen.")
 
     doc.heading("What was evaluated")
     doc.table(_show(pd.DataFrame(dict(
@@ -161,7 +163,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     doc.table(_show(rates[["run", "model", "step", "params", "evaluated", "memorized", "share"]]))
     doc.figure(drawn["memorization_rates"], "Share of evaluated sequences with score 1, per run.")
 
-    verified = [r.name for r in runs if r.matches is None]
+    flags_only = [r.name for r in runs if r.matches is None]
     doc.heading("2. Score distribution")
     if "score_distribution" in drawn:
         doc.paragraph("Most sequences score low; the share of each possible score value is "
@@ -170,7 +172,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         doc.table(_show(_distribution_summary(tables["score_distribution"])))
         doc.figure(drawn["score_distribution"],
                    "Share of sequences at each score value (log scale).")
-    _needs_generation(doc, verified)
+    _needs_generation(doc, flags_only)
 
     doc.heading("3. Predictability from cheaper runs")
     doc.paragraph("'Memorized by the cheap run' used as a classifier of 'memorized by the target "
@@ -205,7 +207,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
                                                "slope_per_1000_steps", "step_first",
                                                "step_last"]]))
         doc.figure(drawn["score_by_step"], "Mean memorization score against training step.")
-    _needs_generation(doc, verified)
+    _needs_generation(doc, flags_only)
 
     if "logprob" in drawn:
         doc.heading("6. Continuation log-probability")
@@ -224,11 +226,15 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         doc.figure(drawn["prompt_length"], "Memorized share against prompt length.")
 
     if "method_agreement" in tables:
-        doc.heading("8. Verification against generation")
-        doc.paragraph("The same model and checkpoint evaluated both ways, on the sequences both "
-                      "have seen. The flags agree but for near-tied logits, which one pass and "
-                      "step-by-step decoding can round apart (none in float32 in vmem's tests; "
-                      "more likely in float16/bfloat16).")
+        doc.heading("8. Agreement between methods")
+        doc.paragraph("The same model and checkpoint evaluated by several methods, on the "
+                      "sequences both runs have seen; the reference is the run that stands for "
+                      "the checkpoint in the comparisons (generation, else verification, else "
+                      "the released list). Verification and generation flags agree but for "
+                      "near-tied logits, which one pass and step-by-step decoding can round "
+                      "apart (none in float32 in vmem's tests; more likely in float16/bfloat16). "
+                      "A released list comes from the paper's own evaluation (float16 "
+                      "generation).")
         doc.table(_show(tables["method_agreement"]))
 
     if "forgetting" in tables:
@@ -302,11 +308,11 @@ def _duplication_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: 
         doc.paragraph("The table lists none of the evaluated sequences.")
 
 
-def _needs_generation(doc: Document, verified: list[str]) -> None:
-    if verified:
+def _needs_generation(doc: Document, flags_only: list[str]) -> None:
+    if flags_only:
         doc.paragraph(f"Needs the fractional score, which only a generation run records "
-                      f"(`vmem evaluate --method generate`): not shown for the verification "
-                      f"run(s) {', '.join(verified)}.")
+                      f"(`vmem evaluate --method generate`): not shown for the flags-only "
+                      f"run(s) {', '.join(flags_only)}.")
 
 
 def _headlines(tables: dict[str, pd.DataFrame]) -> list[str]:
