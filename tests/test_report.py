@@ -32,17 +32,31 @@ FINAL_SEQUENCES = 146_432_000
 def write_run(folder: Path, name: str, *, model: str, step: int | None, start: int, stop: int,
               memorized: list[int], fmt: str = "parquet", params: int | None = None,
               sequences_per_step: int = 1024, matches: np.ndarray | None = None,
-              logprobs: bool = False, seed: int = 0) -> Path:
-    """A merged run as `vmem merge` leaves it: table sorted by index + NAME.manifest.json."""
+              logprobs: bool = False, seed: int = 0, method: str = "generate",
+              cont_logprob: np.ndarray | None = None,
+              edit_similarity: np.ndarray | None = None, weights: str | None = None) -> Path:
+    """A merged run as `vmem merge` leaves it: table sorted by index + NAME.manifest.json.
+    A verification run (`method`) holds flags only; `cont_logprob` and `edit_similarity` give
+    those columns their values."""
     rng = np.random.default_rng(seed)
     index = np.arange(start, stop)
     if matches is None:
         matches = rng.integers(0, CONT_LEN, size=index.size)  # never CONT_LEN: not memorized
         matches[np.asarray(memorized, dtype=np.int64) - start] = CONT_LEN
-    table = pd.DataFrame(dict(index=index, score=matches / CONT_LEN, matches=matches,
-                              prefix_match=np.minimum(matches, rng.integers(0, CONT_LEN + 1,
-                                                                            index.size))))
-    if logprobs:
+    prefix = np.minimum(matches, rng.integers(0, CONT_LEN + 1, index.size))
+    if method == "verify":
+        table = pd.DataFrame(dict(index=index, prefix_match=np.where(
+            matches == CONT_LEN, CONT_LEN, np.minimum(prefix, CONT_LEN - 1)),
+            memorized=matches == CONT_LEN))
+    else:
+        table = pd.DataFrame(dict(index=index, score=matches / CONT_LEN, matches=matches,
+                                  prefix_match=prefix))
+    if edit_similarity is not None:
+        table["edit_similarity"] = edit_similarity
+    logprobs = logprobs or cont_logprob is not None
+    if cont_logprob is not None:
+        table["cont_logprob"] = cont_logprob
+    elif logprobs:
         table["cont_logprob"] = np.where(matches == CONT_LEN, -rng.random(index.size),
                                          -5 - 20 * rng.random(index.size))
     path = folder / f"{name}.{fmt}"
@@ -56,8 +70,14 @@ def write_run(folder: Path, name: str, *, model: str, step: int | None, start: i
                     data=dict(location="/data/document", layout="merged",
                               num_sequences=FINAL_SEQUENCES, seq_len=2049, dtype="uint16"),
                     start=start, stop=stop, batch_size=sequences_per_step)
+    if method != "generate":
+        settings["method"] = method
+    if edit_similarity is not None:
+        settings["edit_similarity"] = True
     manifest = dict(vmem_version="0.1.0", settings=settings, fingerprint="0123456789",
                     engine_info={}, step=step, params=params, created="2024-01-01T00:00:00Z")
+    if weights is not None:
+        manifest["weights"] = {"sha256": weights}
     (folder / f"{name}.manifest.json").write_text(json.dumps(manifest))
     return path
 
