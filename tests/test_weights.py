@@ -1,5 +1,5 @@
 """The weights' fingerprint: recorded by a real `vmem evaluate`, checked on resume, read from a
-hub cache laid out on disk."""
+hub cache laid out on disk, and reported by `vmem report` from planted merged runs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from tests.cli import cli_error
+from tests.test_report import run_report, write_run
 from vmem.cli import main
 from vmem.evaluation.weights import fingerprint_weights
+from vmem.study import integrity
+from vmem.study.merged_runs import load_run
 
 WEIGHTS = "model.safetensors"
 
@@ -144,3 +149,70 @@ def test_hub_files_that_are_not_lfs_blobs_are_read_and_missing_ones_are_named(tm
     missing = fingerprint_weights("org/other", "step3", None, str(cache))
     assert missing == {"sha256": None, "reason": "no *.safetensors, *.bin, *.pt files in the "
                                                  "hub cache (org/other at step3)"}
+
+
+def plant_weights(folder: Path, name: str, sha: str) -> None:
+    path = folder / f"{name}.manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["weights"] = {"sha256": sha, "files": [], "how": "hub"}
+    path.write_text(json.dumps(manifest))
+
+
+def study(folder: Path) -> None:
+    folder.mkdir()
+    write_run(folder, "p70m-final", model="EleutherAI/pythia-70m", step=143_000, start=0,
+              stop=300, memorized=[1, 2], seed=1)
+    write_run(folder, "p410m-final", model="EleutherAI/pythia-410m", step=143_000, start=0,
+              stop=300, memorized=[1, 3], seed=2)
+    write_run(folder, "p410m-23k", model="EleutherAI/pythia-410m", step=23_000, start=0,
+              stop=200, memorized=[3], seed=3)
+
+
+def test_report_names_runs_of_different_checkpoints_with_identical_weights(tmp_path):
+    runs = tmp_path / "runs"
+    study(runs)
+    same, other = "a" * 64, "b" * 64
+    plant_weights(runs, "p410m-final", same)
+    plant_weights(runs, "p410m-23k", same)
+    plant_weights(runs, "p70m-final", other)
+    run_report(runs, tmp_path / "report")
+    table = (tmp_path / "report" / "tables" / "weights.csv").read_text()
+    assert table == ("run,model,step,weights_sha256,identical_to\n"
+                     f"p70m-final,pythia-70m,143000,{other},\n"
+                     f"p410m-23k,pythia-410m,23000,{same},p410m-final\n"
+                     f"p410m-final,pythia-410m,143000,{same},p410m-23k\n")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    top = markdown.split("## What was evaluated")[0]
+    assert "Warning: these runs claim different checkpoints but loaded identical weights" in top
+    assert ("- p410m-23k (pythia-410m, step 23000) and p410m-final (pythia-410m, step 143000) "
+            "both loaded weights with sha256 aaaaaaaaaaaa") in top
+    assert "## 9. Checkpoint integrity" in markdown
+    assert "3 of 3 runs record" in markdown and "1 pair(s) of runs" in markdown
+    # Nothing dropped: the runs stay in the comparisons.
+    pred = pd.read_csv(tmp_path / "report" / "tables" / "predictability.csv")
+    assert "p410m-23k" in set(pred["cheap"])
+
+
+def test_report_without_fingerprints_warns_of_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    study(runs)
+    plant_weights(runs, "p70m-final", "a" * 64)
+    run_report(runs, tmp_path / "report")
+    table = pd.read_csv(tmp_path / "report" / "tables" / "weights.csv", keep_default_na=False)
+    assert table["weights_sha256"].tolist() == ["a" * 64, "", ""]
+    assert table["identical_to"].tolist() == ["", "", ""]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Warning" not in markdown
+    assert "1 of 3 runs record" in markdown and "all distinct" in markdown
+
+
+def test_two_runs_of_one_checkpoint_with_the_same_weights_are_no_pair(tmp_path):
+    # E.g. a generation and a verification run of one checkpoint, or two ranges of it.
+    for name, start in (("first", 0), ("second", 100)):
+        write_run(tmp_path, name, model="EleutherAI/pythia-1b", step=43_000, start=start,
+                  stop=start + 100, memorized=[])
+        plant_weights(tmp_path, name, "a" * 64)
+    runs = [load_run(str(tmp_path / f"{name}.parquet")) for name in ("first", "second")]
+    assert [r.weights_sha256 for r in runs] == ["a" * 64] * 2
+    assert integrity.identical_pairs(runs) == []
+    assert integrity.weights_table(runs)["identical_to"].tolist() == ["", ""]

@@ -70,6 +70,7 @@ class Run:
     cont_logprob: np.ndarray | None  # float32, when the run recorded --logprobs
     # A verification run over several prompt lengths: prefix_match (uint8) per length.
     prefix_by_prompt_len: dict[int, np.ndarray]
+    weights_sha256: str | None = None  # of the weights it loaded (None: not recorded)
 
     @property
     def evaluated(self) -> int:
@@ -190,6 +191,7 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> tuple[Run, dic
         cont_logprob=np.empty(n, dtype=np.float32) if settings.get("logprobs") else None,
         prefix_by_prompt_len={p: np.empty(n, dtype=np.uint8) for p in prompt_lens(settings)}
         if several else {},
+        weights_sha256=(manifest.get("weights") or {}).get("sha256"),
     )
     return run, settings
 
