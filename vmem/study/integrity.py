@@ -40,8 +40,12 @@ def weights_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def describe_pair(a: Run, b: Run) -> str:
-    return (f"{a.name} ({a.label}, step {a.step}) and {b.name} ({b.label}, step {b.step}) both "
-            f"loaded weights with sha256 {a.weights_sha256[:12]}")
+    return (f"{a.name} ({_claim(a)}) and {b.name} ({_claim(b)}) both loaded weights with sha256 "
+            f"{a.weights_sha256[:12]}")
+
+
+def _claim(run: Run) -> str:
+    return run.label if run.step is None else f"{run.label}, step {run.step}"
 
 
 def summary(runs: list[Run], pairs: list[tuple[Run, Run]]) -> str:
