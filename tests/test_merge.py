@@ -256,7 +256,11 @@ def test_data_parallel_engines_split_the_slice_and_merge_to_the_single_run(
                        "task-000000000100-000000000200.json"]
     parent = json.loads((out / "tasks" / "task-000000000000-000000000200.json").read_text())
     assert parent["parts"] == [[0, 100], [100, 200]]
-    merge_run(str(out), str(tmp_path / "m.parquet"))
+    # The parent's fingerprint of the weights, the one a single engine records; merged beside.
+    weights = json.loads((base_run / "manifest.json").read_text())["weights"]
+    assert json.loads((out / "manifest.json").read_text())["weights"] == weights
+    assert merge_run(str(out), str(tmp_path / "m.parquet"))["weights"] == weights
+    assert json.loads((tmp_path / "m.manifest.json").read_text())["weights"] == weights
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), score_rows(base_run),
                                   check_dtype=False)
 

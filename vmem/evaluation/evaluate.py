@@ -42,6 +42,7 @@ from vmem.evaluation.scoring import (
     verification_values,
 )
 from vmem.evaluation.slicing import task_from_env, task_slice
+from vmem.evaluation.weights import fingerprint_weights
 from vmem.io.dataset import (
     Dataset,
     check_window,
@@ -187,6 +188,10 @@ def run(p: Plan, engine=None) -> dict:
     if engine is None and remaining:
         _announce(p)
         engine = build_engine(p.config, p.model_config)
+    p = _with_weights(p)  # now that the engine has the files local
+    if p.manifest["weights"]["sha256"] is None:
+        print(f"vmem: warning: no fingerprint of the weights of {p.config.model} "
+              f"({p.manifest['weights']['reason']}); the run goes on without", file=sys.stderr)
     # The manifest only once the engine runs: a model that fails to load leaves OUT untouched.
     folder.claim(p.manifest)
     ready = time.time()
@@ -224,6 +229,20 @@ def run(p: Plan, engine=None) -> dict:
           f"({stats['sequences_per_second'] or 0} seq/s, start-up {ready - started:.1f} s); "
           f"memorized {memorized} ({share:.4%}); results in {ev.out}", file=sys.stderr)
     return stats
+
+
+def _with_weights(p: Plan) -> Plan:
+    """The plan with the fingerprint of the weights in its manifest, refused where it differs
+    from the one the run started with. A data-parallel child keeps its parent's; where the parent
+    found none (a hub model not downloaded before the children's engines start), it looks again."""
+    if (p.manifest.get("weights") or {}).get("sha256"):
+        return p
+    existing = p.folder.manifest()
+    weights = fingerprint_weights(p.config.model, p.config.revision,
+                                  (existing or {}).get("weights"), p.config.download_dir)
+    manifest = dict(p.manifest, weights=weights)
+    p.folder.check_claim(manifest, existing)
+    return dataclasses.replace(p, manifest=manifest)
 
 
 def _score(engine, ev: Evaluation, lens: list[int], prompts: np.ndarray,
@@ -299,6 +318,7 @@ def run_data_parallel(p: Plan) -> dict:
         raise VmemError(f"--data-parallel {ev.data_parallel} x --tp {tp} needs {want} "
                         f"GPUs; {len(gpus)} are visible")
     _announce(p)
+    p = _with_weights(p)  # here: a local model's files are read once, not once per child
     # Children get the plan's decisions (the resolved engine, the choices and their part), so
     # they agree with the parent and with each other.
     child_ev = dataclasses.replace(ev, engine=p.config, data_parallel=1, task_id=0, num_tasks=1)
@@ -314,6 +334,7 @@ def run_data_parallel(p: Plan) -> dict:
             children.append(child)
             child.stdin.write(json.dumps({"evaluation": dataclasses.asdict(child_ev),
                                           "part": part, "choices": p.reasons,
+                                          "weights": p.manifest["weights"],
                                           "quiet": quiet.is_quiet()}))
             child.stdin.close()
         failed = [rank for rank, child in enumerate(children) if child.wait() != 0]
@@ -335,8 +356,8 @@ def run_part(request: dict) -> dict:
     ev = Evaluation(engine=EngineConfig(**fields.pop("engine")), **fields)
     p = plan(ev)
     lo, hi = request["part"]
-    return run(dataclasses.replace(p, lo=lo, hi=hi,
-                                   manifest=dict(p.manifest, choices=request["choices"])))
+    return run(dataclasses.replace(p, lo=lo, hi=hi, manifest=dict(
+        p.manifest, choices=request["choices"], weights=request["weights"])))
 
 
 def _progress(ev: Evaluation, total: int, done: int):

@@ -26,6 +26,7 @@ import pyarrow.csv as pacsv
 
 from vmem.errors import VmemError, first_line
 from vmem.evaluation.scoring import GENERATE, column_type, columns, method
+from vmem.evaluation.weights import check_unchanged
 from vmem.io.location import Location
 
 SCORE_FILE = re.compile(r"^scores-(?P<fp>[0-9a-f]{10})-(?P<start>\d{12})-(?P<stop>\d{12})\.csv$")
@@ -207,12 +208,15 @@ class RunFolder:
         return None if data is None else parse_manifest(data, f"{self.out}/{MANIFEST}")
 
     def check_claim(self, manifest: dict, existing: dict | None) -> None:
-        """Refuse a folder that holds another run (`existing` is its manifest); writes nothing."""
+        """Refuse a folder that holds another run (`existing` is its manifest), or the same run
+        with weights other than it started with; writes nothing."""
         if existing is not None:
             diff = first_difference(existing.get("settings", {}), manifest["settings"])
             if diff:
                 raise VmemError(f"--out {self.out} holds a run with different settings ({diff}); "
                                 f"use another --out")
+            check_unchanged(existing.get("weights"), manifest.get("weights"),
+                            manifest["settings"]["model"])
             return
         foreign = {p[0] for p in map(parse_score_file_name, self._names()) if p}
         foreign.discard(manifest["fingerprint"])

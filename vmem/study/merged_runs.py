@@ -65,6 +65,7 @@ class Run:
     edit_similarity: np.ndarray | None  # float32, generation runs that recorded it
     # A verification run over several prompt lengths: prefix_match (uint8) per length.
     prefix_by_prompt_len: dict[int, np.ndarray]
+    weights_sha256: str | None = None  # of the weights it loaded (None: not recorded)
 
     @property
     def evaluated(self) -> int:
@@ -208,6 +209,7 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> tuple[Run, dic
         if "edit_similarity" in columns(settings) else None,
         prefix_by_prompt_len={p: np.empty(n, dtype=np.uint8) for p in prompt_lens(settings)}
         if several else {},
+        weights_sha256=(manifest.get("weights") or {}).get("sha256"),
     )
     return run, settings
 

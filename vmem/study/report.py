@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from vmem.errors import VmemError
-from vmem.study import analysis, extraction, figures, forgetting
+from vmem.study import analysis, extraction, figures, forgetting, integrity
 from vmem.study.comparisons import FAMILIES, plan_comparisons, split_twins
 from vmem.study.document import Document
 from vmem.study.duplication import (
@@ -78,6 +78,7 @@ def _tables(runs: list[Run], results: str, duplicates: Duplicates | None
         "equi_compute": analysis.equi_compute_table(predictability, fits),
         "score_by_step": analysis.score_by_step_table(runs, profiles),
         "score_trend": analysis.trend_table(runs, profiles),
+        "weights": integrity.weights_table(runs),
     }
     if any(run.cont_logprob is not None for run in runs):
         tables["logprob_summary"], tables["logprob_histogram"] = analysis.logprob_tables(runs)
@@ -145,6 +146,12 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         "are EleutherAI's published lists of memorized sequences, imported with "
         "`vmem import-released`, and hold the flag alone. Comparisons between two runs use only "
         "the sequences both have seen.")
+    pairs = integrity.identical_pairs(runs)
+    if pairs:  # first: it voids comparisons everywhere below
+        doc.paragraph("Warning: these runs claim different checkpoints but loaded identical "
+                      "weights, so comparisons between them (family B in particular) are "
+                      "meaningless; they stay in every table (section 9):")
+        doc.bullets([integrity.describe_pair(a, b) for a, b in pairs])
 
     doc.heading("What was evaluated")
     doc.table(_show(pd.DataFrame(dict(
@@ -236,6 +243,12 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
                       "A released list comes from the paper's own evaluation (float16 "
                       "generation).")
         doc.table(_show(tables["method_agreement"]))
+
+    doc.heading("9. Checkpoint integrity")
+    doc.paragraph(integrity.summary(runs, pairs) + " The SHA-256 shows its first 12 hex digits; "
+                  "all 64 are in `tables/weights.csv`.")
+    weights = tables["weights"]
+    doc.table(_show(weights.assign(weights_sha256=weights["weights_sha256"].str[:12])))
 
     if "forgetting" in tables:
         _forgetting_section(doc, tables, drawn)
