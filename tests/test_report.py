@@ -274,14 +274,20 @@ def test_report_is_deterministic_and_replaces_an_earlier_report(study: Path,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_report_from_s3_equals_local(study: Path, tmp_path: Path, s3_server, s3_client,
-                                     s3_bucket) -> None:
+def test_report_from_s3_and_local_folders_equals_local(study: Path, tmp_path: Path, s3_server,
+                                                       s3_client, s3_bucket) -> None:
+    """Runs found at any depth under an S3 prefix and a local folder, given together."""
+    local = tmp_path / "elsewhere" / "deep"
+    local.mkdir(parents=True)
     for path in study.iterdir():
-        s3_client.upload_file(str(path), s3_bucket, f"study/{path.name}")
+        if path.name.startswith("pythia-410m-step23000"):
+            (local / path.name).write_bytes(path.read_bytes())
+        else:
+            s3_client.upload_file(str(path), s3_bucket, f"study/{path.stem[:10]}/x/{path.name}")
     s3_client.put_object(Bucket=s3_bucket, Key="study/nested/ignored.csv", Body=b"x")
     run_report(study, tmp_path / "local")
-    assert main(["report", f"s3://{s3_bucket}/study", "-o", str(tmp_path / "remote"),
-                 "--s3-endpoint", s3_server]) == 0
+    assert main(["report", f"s3://{s3_bucket}/study", str(tmp_path / "elsewhere"), "-o",
+                 str(tmp_path / "remote"), "--s3-endpoint", s3_server]) == 0
     for table in (tmp_path / "local" / "tables").iterdir():
         assert (tmp_path / "remote" / "tables" / table.name).read_bytes() == table.read_bytes()
 
@@ -312,15 +318,19 @@ def test_runs_without_common_sequences(tmp_path: Path, capsys) -> None:
             "sequence index") in err
 
 
-def test_missing_target_checkpoint(tmp_path: Path, capsys) -> None:
+def test_missing_target_checkpoint(tmp_path: Path) -> None:
+    """Intermediate checkpoints without the final one: no family B, said in the report; the
+    checkpoints still serve the forgetting analysis."""
     runs = tmp_path / "runs"
     runs.mkdir()
     for step in (23_000, 43_000):
         write_run(runs, f"p1b-{step}", model="EleutherAI/pythia-1b", step=step, start=0,
                   stop=100, memorized=[3])
-    err = cli_error(capsys, ["report", str(runs), "-o", str(tmp_path / "out")])
-    assert "EleutherAI/pythia-1b has checkpoints 23000, 43000 but not" in err
-    assert "step143000" in err
+    run_report(runs, tmp_path / "out")
+    assert len(pd.read_csv(tmp_path / "out" / "tables" / "predictability.csv")) == 0
+    assert len(pd.read_csv(tmp_path / "out" / "tables" / "forgetting.csv")) == 1
+    assert ("No family B comparison for EleutherAI/pythia-1b: several checkpoints but not the "
+            "final one (step143000)") in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_table_with_a_missing_index(tmp_path: Path, capsys) -> None:

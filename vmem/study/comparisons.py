@@ -56,7 +56,7 @@ def split_twins(runs: list[Run], where: str) -> tuple[list[Run], list[tuple[Run,
 def plan_comparisons(runs: list[Run], where: str) -> list[Comparison]:
     """All family A and B comparisons among `runs` (found in `where`, for messages)."""
     runs, _ = split_twins(runs, where)
-    comparisons = _smaller_models(runs, where) + _earlier_checkpoints(runs, where)
+    comparisons = _smaller_models(runs, where) + _earlier_checkpoints(runs)
     for comparison in comparisons:
         _check_window(comparison.cheap, comparison.target, where)
     return comparisons
@@ -98,11 +98,12 @@ def _suite_then_step(item: tuple[tuple[str, int | None], list[Run]]) -> tuple[st
     return suite, -1 if step is None else step
 
 
-def _earlier_checkpoints(runs: list[Run], where: str) -> list[Comparison]:
+def checkpoints_by_model(runs: list[Run]) -> dict[str, list[Run]]:
+    """Each model with several checkpoints: its runs in training order."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.model].append(run)
-    comparisons = []
+    ordered = {}
     for model, group in sorted(groups.items()):
         if len(group) < 2:
             continue
@@ -110,11 +111,22 @@ def _earlier_checkpoints(runs: list[Run], where: str) -> list[Comparison]:
             if run.step is None:
                 raise VmemError(f"{run.name}: training step unknown (no 'step' in its manifest, "
                                 f"revision not stepN); needed to order the checkpoints of {model}")
-        group = sorted(group, key=lambda r: r.step)
-        final = group[-1].step if group[0].suite == OTHER_SUITE else pythia.FINAL_STEP
-        if group[-1].step != final:
-            steps = ", ".join(str(r.step) for r in group)
-            raise VmemError(f"{where}: {model} has checkpoints {steps} but not its final "
-                            f"checkpoint step{final}, the target they predict; add that run")
-        comparisons += [Comparison("B", cheap, group[-1]) for cheap in group[:-1]]
-    return comparisons
+        ordered[model] = sorted(group, key=lambda r: r.step)
+    return ordered
+
+
+def _has_final(group: list[Run]) -> bool:
+    """Pythia's final checkpoint is step143000; another model's is its latest evaluated."""
+    return group[0].suite == OTHER_SUITE or group[-1].step == pythia.FINAL_STEP
+
+
+def without_final(runs: list[Run]) -> list[str]:
+    """Models with several checkpoints but not the final one: no family B target (their
+    checkpoints still count for forgetting)."""
+    runs, _ = split_twins(runs, "")
+    return [model for model, group in checkpoints_by_model(runs).items() if not _has_final(group)]
+
+
+def _earlier_checkpoints(runs: list[Run]) -> list[Comparison]:
+    return [Comparison("B", cheap, group[-1]) for group in checkpoints_by_model(runs).values()
+            if _has_final(group) for cheap in group[:-1]]

@@ -8,28 +8,17 @@ seen yet can be neither kept nor forgotten, so every comparison stops there.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from vmem.study.comparisons import checkpoints_by_model
 from vmem.study.merged_runs import Run
 
 COLUMNS = ["model", "from_step", "to_step", "kept", "forgotten", "new", "never"]
 RECURRENCE_COLUMNS = ["model", "checkpoints", "sequences", "forgotten", "memorized_again"]
-
-
-def checkpoints_by_model(runs: list[Run]) -> dict[str, list[Run]]:
-    """Each model's runs with a known step, in training order (one run per checkpoint: the
-    caller passes split_twins' runs)."""
-    by_model = defaultdict(list)
-    for run in runs:
-        if run.step is not None:
-            by_model[run.model].append(run)
-    return {model: sorted(rs, key=lambda r: r.step) for model, rs in by_model.items()
-            if len(rs) > 1}
 
 
 def seen_by_all(runs: list[Run]) -> tuple[int, int]:
@@ -40,6 +29,7 @@ def seen_by_all(runs: list[Run]) -> tuple[int, int]:
 
 
 def forgetting_table(runs: list[Run]) -> pd.DataFrame:
+    """`runs` holds one run per checkpoint (split_twins' runs)."""
     rows = []
     for checkpoints in checkpoints_by_model(runs).values():
         for before, after in pairwise(checkpoints):

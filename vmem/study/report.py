@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from vmem import pythia
 from vmem.errors import VmemError
 from vmem.study import analysis, extraction, figures, forgetting, integrity
-from vmem.study.comparisons import FAMILIES, plan_comparisons, split_twins
+from vmem.study.comparisons import FAMILIES, plan_comparisons, split_twins, without_final
 from vmem.study.document import Document
 from vmem.study.duplication import (
     Duplicates,
@@ -191,6 +192,10 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     else:
         doc.paragraph("No comparison: that needs two models of a suite at one checkpoint "
                       "(family A) or two checkpoints of one model (family B).")
+    if missing := without_final(runs):
+        doc.paragraph(f"No family B comparison for {', '.join(missing)}: several checkpoints "
+                      f"but not the final one (step{pythia.FINAL_STEP}), the target they "
+                      f"predict.")
 
     doc.heading("4. Recall against the cheap run's training compute")
     doc.paragraph("Compute ≈ 6 · parameters · tokens seen (Pythia: step · 1024 · 2048 tokens). "
