@@ -74,7 +74,9 @@ def test_duplicated_openings_are_memorized_far_more_often(demo):
 def test_opening_counts_agree_with_the_stored_sequences(demo):
     """Every corpus row is stored once per epoch, so the stored rows sharing an opening, divided
     by the epochs, are copies within the corpus: a lower bound of the counted occurrences."""
-    counts = np.load(demo / "data" / "opening_counts.npy")
+    duplicates = pd.read_parquet(demo / "data" / "duplicates.parquet")
+    counts = duplicates["count"].to_numpy()
+    assert (duplicates["index"] == np.arange(len(counts))).all()
     rows = open_dataset(str(demo / "data")).read(0, len(counts))
     _, inverse, same = np.unique(rows[:, :minicorpus.OPENING], axis=0, return_inverse=True,
                                  return_counts=True)
@@ -156,3 +158,55 @@ def test_verification_equals_generation_on_every_checkpoint(demo, tmp_path):
                                      enforce_eager=True))
     pd.testing.assert_frame_equal(_scored(demo, tmp_path, final, "verify", vllm),
                                   verified_by_model[final])
+
+
+def test_report_on_nested_demo_runs_with_a_released_list(demo, tmp_path):
+    """The demo's merged runs, one folder per size and checkpoint, plus the largest final run's
+    memorized list exported and imported as the published lists are: one report shows every
+    analysis the inputs allow."""
+    nested = tmp_path / "nested"
+    for manifest in (demo / "results").glob("*.manifest.json"):
+        name = manifest.name.removesuffix(".manifest.json")
+        size, step = name.split("-step")
+        folder = nested / size / f"step{step}"
+        folder.mkdir(parents=True)
+        for path in (manifest, demo / "results" / f"{name}.parquet"):
+            (folder / path.name).write_bytes(path.read_bytes())
+    final = final_runs(demo).iloc[-1]
+    listed = tmp_path / "list.parquet"
+    assert cli.main(["export-memorized", str(demo / "results" / f"{final['run']}.parquet"),
+                     "--data", str(demo / "data"), "-o", str(listed)]) == 0
+    model = demo / "models" / final["model"] / f"step{final['step']}"
+    assert cli.main(["import-released", str(listed), "--model", str(model), "--step",
+                     str(final["step"]), "--sequences-per-step", str(QUICK.sequences_per_step),
+                     "--data", str(demo / "data"), "-o", str(nested / "released")]) == 0
+    report = tmp_path / "report"
+    assert cli.main(["report", str(nested), "-o", str(report), "--duplicates",
+                     str(demo / "data" / "duplicates.parquet")]) == 0
+
+    def read(name: str) -> pd.DataFrame:
+        return pd.read_csv(report / "tables" / f"{name}.csv")
+
+    assert sorted(read("memorization_rates")["run"]) == sorted(
+        [*table(demo, "memorization_rates")["run"], f"{final['run']}-released"])
+    agreement = read("method_agreement")
+    assert agreement[["run", "reference", "only_run", "only_reference", "agreement"]
+                     ].values.tolist() == [[f"{final['run']}-released", final["run"], 0, 0, 1.0]]
+    forgetting = read("forgetting")
+    assert len(forgetting) == len(QUICK.sizes)
+    seen = round(QUICK.checkpoints[0] * (open_dataset(str(demo / "data")).num_sequences
+                                         // QUICK.sequences_per_step)) * QUICK.sequences_per_step
+    assert (forgetting[["kept", "forgotten", "new", "never"]].sum(axis=1) == seen).all()
+    weights = read("weights")
+    assert weights["weights_sha256"].notna().sum() == len(QUICK.sizes) * len(QUICK.checkpoints)
+    assert weights["identical_to"].isna().all()
+    assert set(read("extraction_np")["n"]) == {1, 10, 100, 1000}
+    approximate = read("approximate").set_index("run")
+    assert (approximate["share_above_0.75"] >= approximate["exact_share"]).all()
+    assert set(read("duplication")["run"]) == set(read("memorization_rates")["run"])
+    markdown = (report / "report.md").read_text()
+    for section in ("Checkpoint integrity", "Forgetting between checkpoints",
+                    "Probabilistic extraction", "Approximate memorization",
+                    "Memorization against duplication", "Agreement between methods"):
+        assert section in markdown, section
+

@@ -70,6 +70,19 @@ def test_vllm_matches_transformers_and_the_papers_method(
     equal = expected_generation == tiny_tokens[:, 32:64]
     leading = [int(np.argmin(r)) if not r.all() else 32 for r in equal]
     assert rows["prefix_match"].tolist() == leading
+    # Approximate memorization: 1 - Levenshtein distance / 32, by the textbook recurrence.
+    similarity = [1 - levenshtein(g.tolist(), t.tolist()) / 32
+                  for g, t in zip(expected_generation, tiny_tokens[:, 32:64], strict=True)]
+    assert rows["edit_similarity"].tolist() == similarity
+
+
+def levenshtein(a: list[int], b: list[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[:], i
+        for j, y in enumerate(b, 1):
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (x != y))
+    return row[-1]
 
 
 def test_trained_sequences_are_memorized_and_unseen_ones_are_not(

@@ -147,7 +147,8 @@ def evaluate_checkpoint(out: Path, data: str, size: str, step: int, sequences_pe
         # vmem evaluate's defaults; compiling (vLLM) would cost more than these tiny models run.
         engine=EngineConfig(str(model), engine=engine, enforce_eager=True),
         data=data, out=str(out / "runs" / name), checkpoint=step,
-        sequences_per_step=sequences_per_step, chunk_size=1024)
+        sequences_per_step=sequences_per_step, chunk_size=1024,
+        logprobs=True)  # the continuation's log-probability: the report's (n, p)-extraction
     evaluate(ev)
     gc.collect()  # the engine is gone before the next one starts: one engine at a time
     merge_run(ev.out, str(merged))
