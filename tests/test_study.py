@@ -4,6 +4,8 @@ memorization by duplication."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.cli import cli_error
+from tests.models import NUM_SEQUENCES
 from tests.test_report import CONT_LEN, run_report, write_run
 from vmem.cli import main
+from vmem.evaluation.engine import EngineConfig
+from vmem.evaluation.evaluate import Evaluation, evaluate
+from vmem.evaluation.merge import merge_run
+from vmem.evaluation.run_folder import fingerprint
 from vmem.evaluation.scoring import edit_similarity, generation_values
 
 PYTHIA_1B = "EleutherAI/pythia-1b"
@@ -99,10 +106,11 @@ def test_forgetting_counts_on_the_sequences_both_checkpoints_have_seen(checkpoin
         ["pythia-1b", 1, 2, 2, 3, 3, 1024 - 8],
         ["pythia-1b", 2, 3, 3, 4, 3, 2048 - 10],
     ]
-    # On [0, 1024), seen at every checkpoint: forgotten at some point 11, 12, 13, 20, 31, 32;
-    # of those memorized again later 12, 13 (forgotten at step 2, back at step 3).
+    # On [0, 3072), each sequence from the first checkpoint that has seen it: forgotten at some
+    # point 11, 12, 13, 20, 31, 32 and 1500 (its step-1 flag does not count); of those memorized
+    # again later 12, 13 (forgotten at step 2, back at step 3).
     recurrence = table(tmp_path / "report", "forgetting_recurrence")
-    assert recurrence.values.tolist() == [["pythia-1b", "1,2,3", 1024, 6, 2]]
+    assert recurrence.values.tolist() == [["pythia-1b", "1,2,3", 3072, 7, 2]]
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "Forgetting between checkpoints" in markdown
     # Without step143000 there is no family B target: said, not refused.
@@ -142,6 +150,18 @@ def test_np_extractable_shares_on_chosen_logprobs(tmp_path: Path) -> None:
 
 
 # -- approximate memorization ---------------------------------------------------------------------
+def test_edit_similarity_never_falls_below_the_score() -> None:
+    """Where the distance equals the count of mismatches, similarity equals the score exactly,
+    whatever the continuation length (1 - d/L would round below m/L for L = 10, say)."""
+    rng = np.random.default_rng(0)
+    for length in (1, 3, 10, 20, 32, 48, 100):
+        truth = rng.integers(1, 1000, size=(200, length))
+        generated = np.where(rng.random((200, length)) < 0.5, truth, 0)  # substitutions only
+        values = generation_values(generated, truth, None)
+        assert (values["edit_similarity"] >= values["score"]).all(), length
+        assert np.array_equal(values["edit_similarity"], values["score"]), length
+
+
 def test_edit_similarity_on_hand_made_pairs() -> None:
     truth = np.arange(1, 9)[None, :]  # 8 tokens
     cases = {
@@ -158,6 +178,32 @@ def test_edit_similarity_on_hand_made_pairs() -> None:
     # Each "reversed" token sits elsewhere: substitutions are cheapest, as Levenshtein says.
     values = generation_values(generated, np.repeat(truth, len(cases), axis=0), None)
     assert (values["edit_similarity"] >= values["score"]).all()
+
+
+def test_a_run_started_before_edit_similarity_resumes_and_merges_without_it(
+        tmp_path, hf_engine, tiny_model_dir, tiny_dataset) -> None:
+    out = tmp_path / "run"
+    first = Evaluation(engine=EngineConfig(tiny_model_dir, engine="hf", dtype="float32"),
+                       data=tiny_dataset, out=str(out), start=0, stop=NUM_SEQUENCES,
+                       chunk_size=100, progress=False, num_tasks=2, task_id=0)
+    evaluate(first, engine=hf_engine)
+    # Make the half that is done what an earlier vmem wrote: settings, fingerprint and score
+    # files without edit similarity.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"].pop("edit_similarity") is True
+    old, manifest["fingerprint"] = manifest["fingerprint"], fingerprint(manifest["settings"])
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for path in out.glob("scores-*.csv"):
+        rows = pd.read_csv(path).drop(columns="edit_similarity")
+        rows.to_csv(out / path.name.replace(old, manifest["fingerprint"]), index=False)
+        path.unlink()
+    evaluate(dataclasses.replace(first, task_id=1), engine=hf_engine)
+    assert {tuple(pd.read_csv(p).columns) for p in out.glob("scores-*.csv")} == {
+        ("index", "score", "matches", "prefix_match")}
+    merge_run(str(out), str(tmp_path / "merged" / "old.parquet"))
+    assert len(pd.read_parquet(tmp_path / "merged" / "old.parquet")) == NUM_SEQUENCES
+    run_report(tmp_path / "merged", tmp_path / "report")
+    assert not (tmp_path / "report" / "tables" / "approximate.csv").exists()
 
 
 def test_approximate_shares_beside_exact(tmp_path: Path) -> None:

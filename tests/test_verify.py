@@ -86,25 +86,26 @@ def test_verification_runs_merge_resume_and_report(capsys, tmp_path, hf_engine, 
                        data=tiny_dataset, out=str(results / "verify"), start=0,
                        stop=NUM_SEQUENCES, chunk_size=160, progress=False, method="verify")
     assert evaluate(again, engine=hf_engine)["already_finished"]
-    for name in ("generate", "verify"):  # only the merged tables and their manifests
-        (results / name).rename(tmp_path / f"{name}-folder")
+    # The merged runs sit beside the run folders (their score files are no runs), named from
+    # their manifests.
     assert main(["report", str(results), "-o", str(tmp_path / "report")]) == 0
     report = tmp_path / "report"
+    generated = Path(tiny_model_dir).name
+    verified = f"{generated}-verify"
     agreement = pd.read_csv(report / "tables" / "method_agreement.csv")
     assert agreement[["run", "method", "reference", "reference_method", "only_run",
                       "only_reference", "agreement"]].values.tolist() == [
-        ["verify", "verify", "generate", "generate", 0, 0, 1.0]]
+        [verified, "verify", generated, "generate", 0, 0, 1.0]]
     rates = pd.read_csv(report / "tables" / "memorization_rates.csv").set_index("run")
-    assert rates.loc["verify", "memorized"] == rates.loc["generate", "memorized"] == MEMORIZED - 1
-    assert set(pd.read_csv(report / "tables" / "score_distribution.csv")["run"]) == {"generate"}
+    assert rates.loc[verified, "memorized"] == rates.loc[generated, "memorized"] == MEMORIZED - 1
+    assert set(pd.read_csv(report / "tables" / "score_distribution.csv")["run"]) == {generated}
     text = (report / "report.md").read_text()
-    assert "not shown for the flags-only run(s) verify" in text
+    assert f"not shown for the flags-only run(s) {verified}" in text
 
     # A verification run alone, at several prompt lengths: the flag analyses and the curve.
     alone = tmp_path / "alone"
     scored(tmp_path, hf_engine, tiny_model_dir, tiny_dataset, "alone/several", method="verify",
            prompt_len=[16, 32])
-    (alone / "several").rename(tmp_path / "several-folder")
     assert main(["report", str(alone), "-o", str(tmp_path / "report2")]) == 0
     curve = pd.read_csv(tmp_path / "report2" / "tables" / "prompt_length.csv")
     assert curve["prompt_len"].tolist() == [16, 32]
@@ -120,10 +121,10 @@ def test_flags_of_different_windows_are_not_compared(capsys, tmp_path, hf_engine
     scored(tmp_path, hf_engine, tiny_model_dir, tiny_dataset, "results/g32", stop=64)
     scored(tmp_path, hf_engine, tiny_model_dir, tiny_dataset, "results/v16", stop=64,
            method="verify", prompt_len=16)
-    for name in ("g32", "v16"):
-        (tmp_path / "results" / name).rename(tmp_path / f"{name}-folder")
     err = cli_error(capsys, ["report", str(tmp_path / "results"), "-o", str(tmp_path / "r")])
-    assert "v16 (prompt 16, continuation 32) and g32 (prompt 32, continuation 32)" in err
+    name = Path(tiny_model_dir).name
+    assert (f"{name}-verify (prompt 16, continuation 32) and {name} (prompt 32, continuation "
+            "32)") in err
 
 
 def test_a_damaged_verification_score_file_is_named(capsys, tmp_path, hf_engine, tiny_model_dir,

@@ -113,7 +113,7 @@ def edit_similarity(generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
         best[:, 1:] = np.minimum(previous[:, :-1] + (generated != truth[:, i - 1:i]),
                                  previous[:, 1:] + 1)
         previous = np.minimum.accumulate(best - j, axis=1) + j
-    return 1.0 - previous[:, -1] / length
+    return (length - previous[:, -1]) / length  # never below matches / length (1 - d/L can be)
 
 
 def generation_values(generated: np.ndarray, truth: np.ndarray,

@@ -25,12 +25,17 @@ NP_COLUMNS = ["run", "model", "step", "n", "p", "evaluated", "extractable", "sha
               "greedy_share"]
 
 
-def np_extractable(cont_logprob: np.ndarray, n: int, p: float) -> np.ndarray:
-    """1 - (1 - p_z)^n >= p, as n · log(1 - p_z) <= log(1 - p): exact where p_z is tiny (where
-    1 - p_z rounds to 1) and where it is 1 (log 0 = -inf)."""
+def log_miss(cont_logprob: np.ndarray) -> np.ndarray:
+    """log(1 - p_z): the log-chance one sample misses the truth; exact where p_z is tiny (where
+    1 - p_z rounds to 1) and -inf where p_z is 1."""
     p_z = np.exp(np.minimum(cont_logprob.astype(np.float64), 0.0))
     with np.errstate(divide="ignore"):
-        return n * np.log1p(-p_z) <= np.log1p(-p)
+        return np.log1p(-p_z)
+
+
+def np_extractable(miss: np.ndarray, n: int, p: float) -> np.ndarray:
+    """1 - (1 - p_z)^n >= p, as n · log(1 - p_z) <= log(1 - p); `miss` is `log_miss`."""
+    return n * miss <= np.log1p(-p)
 
 
 def np_table(runs: list[Run]) -> pd.DataFrame:
@@ -41,9 +46,9 @@ def np_table(runs: list[Run]) -> pd.DataFrame:
             continue
         counts = dict.fromkeys([(n, p) for n in SAMPLES for p in PROBABILITIES], 0)
         for a in range(0, run.evaluated, CHUNK):
-            logprob = run.cont_logprob[a:a + CHUNK]
+            miss = log_miss(run.cont_logprob[a:a + CHUNK])
             for n, p in counts:
-                counts[n, p] += int(np_extractable(logprob, n, p).sum())
+                counts[n, p] += int(np_extractable(miss, n, p).sum())
         greedy = memorized_share(memorized_count(run), run.evaluated)
         for (n, p), extractable in counts.items():
             rows.append(dict(run=run.name, model=run.label, step=run.step, n=n, p=p,

@@ -21,19 +21,19 @@ COLUMNS = ["model", "from_step", "to_step", "kept", "forgotten", "new", "never"]
 RECURRENCE_COLUMNS = ["model", "checkpoints", "sequences", "forgotten", "memorized_again"]
 
 
-def seen_by_all(runs: list[Run]) -> tuple[int, int]:
-    """The sequences every run evaluated and the earliest checkpoint had already trained on."""
-    first = runs[0]
-    return (max(r.start for r in runs),
-            min(min(r.stop for r in runs), first.step * first.sequences_per_step))
+def seen_by_both(before: Run, after: Run) -> tuple[int, int]:
+    """The sequences both runs evaluated and the earlier checkpoint had already trained on."""
+    return (max(before.start, after.start),
+            min(before.stop, after.stop, before.step * before.sequences_per_step))
 
 
 def forgetting_table(runs: list[Run]) -> pd.DataFrame:
-    """`runs` holds one run per checkpoint (split_twins' runs)."""
+    """`runs` holds one run per checkpoint (split_twins' runs). A transition whose earlier
+    checkpoint had trained on none of the sequences (step 0, say) has no row."""
     rows = []
     for checkpoints in checkpoints_by_model(runs).values():
         for before, after in pairwise(checkpoints):
-            start, stop = seen_by_all([before, after])
+            start, stop = seen_by_both(before, after)
             if start >= stop:
                 continue
             was, now = before.memorized(start, stop), after.memorized(start, stop)
@@ -44,21 +44,25 @@ def forgetting_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def recurrence_table(runs: list[Run]) -> pd.DataFrame:
-    """Per model, over the sequences all its checkpoints have seen: memorized at one checkpoint
-    and not at a later one (forgotten), and of those, memorized again at a still later one."""
+    """Per model, over the sequences every checkpoint evaluated and the last had trained on:
+    memorized at one checkpoint and not at a later one (forgotten), and of those, memorized
+    again at a still later one. A checkpoint counts for a sequence once it has trained on it."""
     rows = []
     for checkpoints in checkpoints_by_model(runs).values():
-        start, stop = seen_by_all(checkpoints)
+        last = checkpoints[-1]
+        start = max(r.start for r in checkpoints)
+        stop = min(min(r.stop for r in checkpoints), last.step * last.sequences_per_step)
         if start >= stop:
             continue
+        index = np.arange(start, stop)
         ever, forgotten, again = (np.zeros(stop - start, dtype=bool) for _ in range(3))
         for run in checkpoints:
-            memorized = run.memorized(start, stop)
-            again = again | (forgotten & memorized)
-            forgotten = forgotten | (ever & ~memorized)
-            ever = ever | memorized
-        rows.append(dict(model=checkpoints[0].label,
-                         checkpoints=",".join(str(r.step) for r in checkpoints),
+            seen = index < run.step * run.sequences_per_step
+            memorized = run.memorized(start, stop) & seen
+            again |= forgotten & memorized
+            forgotten |= ever & ~memorized & seen
+            ever |= memorized
+        rows.append(dict(model=last.label, checkpoints=",".join(str(r.step) for r in checkpoints),
                          sequences=stop - start, forgotten=int(forgotten.sum()),
                          memorized_again=int(again.sum())))
     return pd.DataFrame(rows, columns=RECURRENCE_COLUMNS)

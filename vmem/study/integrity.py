@@ -54,4 +54,5 @@ def summary(runs: list[Run], pairs: list[tuple[Run, Run]]) -> str:
              f"weights (listed at the top of this report)." if pairs else
              "The weights of runs that claim different checkpoints are all distinct.")
     return (f"{fingerprinted} of {len(runs)} runs record the SHA-256 of the weights they loaded "
-            f"(runs evaluated before vmem recorded it have none). {found}")
+            f"(none for runs evaluated before vmem recorded it, released lists, and runs whose "
+            f"weight files could not be found). {found}")

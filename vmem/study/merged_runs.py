@@ -132,8 +132,17 @@ def load_runs(folders: Sequence[str], *, s3_endpoint: str | None = None) -> list
     return runs
 
 
+def model_and_label(model: str) -> tuple[str, str]:
+    """The model a run's settings name, as runs are grouped by it (a checkpoint folder
+    MODEL/stepN is MODEL), and its short display name."""
+    if (folder := CHECKPOINT_FOLDER.match(model)) is not None:
+        model = folder.group("model")
+    return model, Path(model.rstrip("/")).name or model
+
+
 def run_name(label: str, step: int | None, run_method: str) -> str:
-    """`pythia-1b-step143000`, with `-verify` for a verification run."""
+    """`pythia-1b-step143000`, with `-verify` (`-released`) for a verification run (a released
+    list)."""
     name = label if step is None else f"{label}-step{step}"
     return name if run_method == GENERATE else f"{name}-{run_method}"
 
@@ -184,13 +193,11 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> tuple[Run, dic
     step = manifest.get("step")
     if step is None:
         step = pythia.step_of_revision(settings.get("revision"))
-    if (folder := CHECKPOINT_FOLDER.match(model)) is not None:
-        model = folder.group("model")
+    model, label = model_and_label(model)
     params = manifest.get("params")
     if params is None and (size := pythia.size_of(model)) is not None:
         params = size.params
     data = settings.get("data") or {}
-    label = Path(model.rstrip("/")).name or model
     step = None if step is None else int(step)
     n, generated = stop - start, method(settings) == GENERATE
     several = not generated and len(prompt_lens(settings)) > 1
@@ -255,9 +262,9 @@ def _fill_arrays(run: Run, path: str, settings: dict) -> None:
             run.cont_logprob[window] = _column(batch, logprob, run.table)
         if run.edit_similarity is not None:
             values = _column(batch, "edit_similarity", run.table)
-            if values.min() < 0 or values.max() > 1:
+            if not ((values >= 0) & (values <= 1)).all():  # NaN fails too
                 raise VmemError(f"{run.table}: edit_similarity must lie in 0..1, found "
-                                f"{values.min()}..{values.max()}")
+                                f"{values[~((values >= 0) & (values <= 1))][0]}")
             run.edit_similarity[window] = values
         filled += rows
     if filled != run.evaluated:

@@ -13,7 +13,6 @@ import hashlib
 import os
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -28,18 +27,14 @@ from vmem.evaluation.run_folder import fingerprint, json_bytes
 from vmem.evaluation.scoring import PAPER_PROMPT_LEN, RELEASED
 from vmem.io.atomic import atomic_path, write_atomic
 from vmem.io.dataset import Dataset, checkpoint_range, manifest_entry
-from vmem.io.location import split
+from vmem.io.location import is_s3, split
 from vmem.study.export import first_tokens
+from vmem.study.merged_runs import model_and_label, run_name
 
 PAPER_CONT_LEN = 32  # the lists hold each sequence's first 64 tokens: prompt 32 + continuation 32
 FLAG_ROWS = 1 << 20  # table rows written at a time
 TOKEN_ROWS = 65_536  # listed sequences whose tokens are checked at a time (with --data)
 SHOWN = 5  # indices named in an error
-
-
-def run_name(model: str, step: int) -> str:
-    """`EleutherAI/pythia-12b`, 143000 → `pythia-12b-step143000-released`."""
-    return f"{Path(model.rstrip('/')).name}-step{step}-released"
 
 
 def check_request(step: int, sequences_per_step: int, out: str) -> None:
@@ -48,6 +43,8 @@ def check_request(step: int, sequences_per_step: int, out: str) -> None:
         raise VmemError(f"--step {step}: expected the positive training step of the checkpoint "
                         f"the list was made from (Pythia's final one: {pythia.FINAL_STEP})")
     checkpoint_range(step, sequences_per_step)  # checks the sequences per step
+    if is_s3(out):
+        raise VmemError(f"-o {out}: expected a local folder (copy the run to S3 afterwards)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise VmemError(f"-o {out}: exists and is not a folder")
 
@@ -55,9 +52,10 @@ def check_request(step: int, sequences_per_step: int, out: str) -> None:
 def import_released(source: str, *, model: str, step: int, out: str, data: Dataset | None = None,
                     sequences_per_step: int = pythia.SEQUENCES_PER_STEP,
                     s3_endpoint: str | None = None) -> dict:
-    """Write OUT/NAME.parquet + NAME.manifest.json (NAME = run_name) from the list at `source`
-    (local or s3://); with `data`, each listed sequence's tokens are checked against it first.
-    Returns the manifest; nothing is written when a check fails."""
+    """Write OUT/NAME.parquet + NAME.manifest.json from the list at `source` (local or s3://);
+    NAME is the run's name in the report (`pythia-12b-step143000-released`). With `data`, each
+    listed sequence's tokens are checked against it first. Returns the manifest; nothing is
+    written when a check fails."""
     check_request(step, sequences_per_step, out)
     _, stop = checkpoint_range(step, sequences_per_step)
     if data is not None and data.num_sequences < stop:
@@ -87,7 +85,7 @@ def import_released(source: str, *, model: str, step: int, out: str, data: Datas
                    "tokens_checked": data is not None},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    table = os.path.join(out, run_name(model, step) + ".parquet")
+    table = os.path.join(out, run_name(model_and_label(model)[1], step, RELEASED) + ".parquet")
     _write_flags(table, memorized, stop)
     write_atomic(manifest_beside(table), json_bytes(manifest))  # last: the run is complete
     print(f"vmem import-released: {memorized.size:,} memorized of {stop:,} sequences "

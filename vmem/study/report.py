@@ -279,9 +279,10 @@ def _forgetting_section(doc: Document, tables: dict[str, pd.DataFrame],
     doc.table(_show(tables["forgetting"]))
     doc.figure(drawn["forgetting"], "Forgotten and newly memorized sequences per transition.")
     if "forgetting_recurrence" in tables:
-        doc.paragraph("Over the sequences every checkpoint of a model has seen: memorized at "
-                      "one checkpoint and not at a later one (forgotten), and of those, memorized "
-                      "again at a still later one.")
+        doc.paragraph("Over the sequences all checkpoints of a model evaluated, each from the "
+                      "first checkpoint that had trained on it: memorized at one checkpoint and "
+                      "not at a later one (forgotten), and of those, memorized again at a still "
+                      "later one.")
         doc.table(_show(tables["forgetting_recurrence"]))
 
 
