@@ -148,7 +148,10 @@ def test_report_of_two_released_final_models(tmp_path) -> None:
 def test_released_and_generated_run_of_one_checkpoint(capsys, tmp_path, released,
                                                       generated) -> None:
     results = generated.parent
-    assert main(import_list(released, results)) == 0
+    # Named as a user might, without the hub's organisation: taken as the id evaluate records,
+    # so the list pairs with the generation run of that checkpoint.
+    assert main(import_list(released, results, model="pythia-70m")) == 0
+    assert "--model pythia-70m taken as EleutherAI/pythia-70m" in capsys.readouterr().err
     assert main(["report", str(results), "-o", str(tmp_path / "report")]) == 0
     agreement = pd.read_csv(tmp_path / "report" / "tables" / "method_agreement.csv")
     assert agreement[["run", "method", "reference", "reference_method", "sequences",

@@ -49,6 +49,16 @@ def check_request(step: int, sequences_per_step: int, out: str) -> None:
         raise VmemError(f"-o {out}: exists and is not a folder")
 
 
+def hub_model(model: str) -> str:
+    """`pythia-12b` → `EleutherAI/pythia-12b`, the id `vmem evaluate` records, so the imported run
+    groups with evaluated ones; anything else (a hub id, a local folder) as given."""
+    size, suite = pythia.size_of(model), pythia.suite_of(model)
+    if size is None or suite is None or os.path.isdir(model):
+        return model
+    hub = pythia.hub_id(size.name, suite == "pythia-deduped")
+    return hub if hub.endswith("/" + model) else model
+
+
 def import_released(source: str, *, model: str, step: int, out: str, data: Dataset | None = None,
                     sequences_per_step: int = pythia.SEQUENCES_PER_STEP,
                     s3_endpoint: str | None = None) -> dict:
@@ -57,6 +67,9 @@ def import_released(source: str, *, model: str, step: int, out: str, data: Datas
     listed sequence's tokens are checked against it first. Returns the manifest; nothing is
     written when a check fails."""
     check_request(step, sequences_per_step, out)
+    if (hub := hub_model(model)) != model:
+        print(f"vmem import-released: --model {model} taken as {hub}", file=sys.stderr)
+        model = hub
     _, stop = checkpoint_range(step, sequences_per_step)
     if data is not None and data.num_sequences < stop:
         raise VmemError(f"{data.location}: has {data.num_sequences} sequences, but checkpoint "
