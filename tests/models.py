@@ -77,9 +77,13 @@ def tiny_model_dir(tmp_path_factory, tiny_tokens) -> str:
 
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_model_dir):
-    return build_engine(EngineConfig(tiny_model_dir, engine="vllm", dtype="float32"))
+    engine = build_engine(EngineConfig(tiny_model_dir, engine="vllm", dtype="float32"))
+    yield engine
+    engine.close()  # before the interpreter's exit, whose shutdown of vLLM can abort the process
 
 
 @pytest.fixture(scope="session")
 def hf_engine(tiny_model_dir):
-    return build_engine(EngineConfig(tiny_model_dir, engine="hf", dtype="float32"))
+    engine = build_engine(EngineConfig(tiny_model_dir, engine="hf", dtype="float32"))
+    yield engine
+    engine.close()

@@ -156,8 +156,11 @@ def test_verification_equals_generation_on_every_checkpoint(demo, tmp_path):
                                        int(m.name.removeprefix("step"))))
     vllm = build_engine(EngineConfig(str(final), engine="vllm", dtype="float32",
                                      enforce_eager=True))
-    pd.testing.assert_frame_equal(_scored(demo, tmp_path, final, "verify", vllm),
-                                  verified_by_model[final])
+    try:
+        pd.testing.assert_frame_equal(_scored(demo, tmp_path, final, "verify", vllm),
+                                      verified_by_model[final])
+    finally:
+        vllm.close()
 
 
 def test_report_on_nested_demo_runs_with_a_released_list(demo, tmp_path):

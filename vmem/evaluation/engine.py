@@ -273,6 +273,11 @@ class VllmEngine:
             temperature=0.0, max_tokens=1, prompt_logprobs=2, detokenize=False
         )
 
+    def close(self) -> None:
+        """Stop vLLM's engine core (a process, and threads watching it) now: left to the
+        interpreter's exit, its shutdown races those threads and can abort the process."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def _sampling(self, cont_len: int, allow_eos: bool):
         from vllm import SamplingParams
 
@@ -345,6 +350,10 @@ class HfEngine:
             raise VmemError(f"model '{cfg.model}' cannot be loaded: {reason}") from None
         # Rows per forward pass: large enough to keep the matmuls busy, small enough for memory.
         self.rows_per_pass = 256 if self.device == "cpu" else 1024
+
+    def close(self) -> None:
+        """Nothing runs beside the model: dropping it frees its memory now."""
+        self.model = None
 
     def generate(self, prompts: np.ndarray, cont_len: int, allow_eos: bool) -> np.ndarray:
         parts = [self._generate(prompts[i:i + self.rows_per_pass], cont_len, allow_eos)

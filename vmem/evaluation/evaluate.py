@@ -178,16 +178,25 @@ def _announce(p: Plan) -> None:
 
 
 def run(p: Plan, engine=None) -> dict:
-    """Score what is left of the plan's slice with one engine, then mark the slice finished."""
-    ev, folder, lo, hi = p.evaluation, p.folder, p.lo, p.hi
+    """Score what is left of the plan's slice with one engine (the caller's, or one built here
+    and stopped after), then mark the slice finished."""
     todo = _todo(p)
-    if not todo and folder.task_finished(lo, hi):
+    if not todo and p.folder.task_finished(p.lo, p.hi):
         return _already_finished(p)
-    remaining = sum(b - a for a, b in todo)
     started = time.time()
-    if engine is None and remaining:
-        _announce(p)
-        engine = build_engine(p.config, p.model_config)
+    if engine is not None or not todo:
+        return _score_slice(p, engine, todo, started)
+    _announce(p)
+    engine = build_engine(p.config, p.model_config)
+    try:
+        return _score_slice(p, engine, todo, started)
+    finally:
+        engine.close()  # the engine built here stops before this returns or raises
+
+
+def _score_slice(p: Plan, engine, todo: list[tuple[int, int]], started: float) -> dict:
+    ev, folder, lo, hi = p.evaluation, p.folder, p.lo, p.hi
+    remaining = sum(b - a for a, b in todo)
     p = _with_weights(p)  # now that the engine has the files local
     if p.manifest["weights"]["sha256"] is None:
         print(f"vmem: warning: no fingerprint of the weights of {p.config.model} "

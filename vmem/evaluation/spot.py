@@ -33,14 +33,17 @@ def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
     prompts = rows[:, offset:offset + prompt_len]
     truth = rows[:, offset + prompt_len:offset + prompt_len + cont_len]
     engine = build_engine(dataclasses.replace(engine_config, max_len=prompt_len + cont_len + 1))
-    if method == VERIFY:
-        # With log-probs every position is computed, also past the first mismatch.
-        shown, label = engine.teacher_forced(np.concatenate([prompts, truth], axis=1),
-                                             [prompt_len], allow_eos, True)[0], "argmax   "
-        prefix = leading_run(shown == truth)
-    else:
-        shown, label = engine.generate(prompts, cont_len, allow_eos), "generated"
-        matches, prefix = score_batch(shown, truth)
+    try:
+        if method == VERIFY:
+            # With log-probs every position is computed, also past the first mismatch.
+            shown, label = engine.teacher_forced(np.concatenate([prompts, truth], axis=1),
+                                                 [prompt_len], allow_eos, True)[0], "argmax   "
+            prefix = leading_run(shown == truth)
+        else:
+            shown, label = engine.generate(prompts, cont_len, allow_eos), "generated"
+            matches, prefix = score_batch(shown, truth)
+    finally:
+        engine.close()
     decode = _decoder(tokenizer or engine_config.model)
     blocks = []
     for k, index in enumerate(indices):
