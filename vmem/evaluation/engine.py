@@ -425,7 +425,7 @@ class HfEngine:
         rows = torch.arange(len(ids), device=ids.device)
         if len(prompt_lens) == 1:
             out = self.model.base_model(input_ids=ids[:, :first], use_cache=True)
-            self._choose(out.last_hidden_state[:, -1:], rows, [0], greedy, allow_eos)
+            self._choose(out.last_hidden_state[:, -1], rows, 0, greedy, allow_eos)
             rows = rows[greedy[:, 0] == targets[:, 0]]
             if len(rows) and cont_len > 1:
                 cache = out.past_key_values
@@ -450,14 +450,14 @@ class HfEngine:
         for j, k in enumerate(positions):
             todo = alive[greedy[rows[alive], k] < 0]
             if len(todo):
-                self._choose(hidden[todo, j:j + 1], rows[todo], [k], greedy, allow_eos)
+                self._choose(hidden[todo, j], rows[todo], k, greedy, allow_eos)
             alive = alive[greedy[rows[alive], k] == targets[rows[alive], k]]
             if not len(alive):
                 return
 
-    def _choose(self, hidden, rows, positions: list[int], greedy, allow_eos: bool) -> None:
-        """The output head at `hidden` (len(rows), len(positions), h): greedy[rows, positions]."""
+    def _choose(self, hidden, rows, position: int, greedy, allow_eos: bool) -> None:
+        """The output head at `hidden` (len(rows), h): greedy[rows, position]."""
         logits = self.model.get_output_embeddings()(hidden).float()
         if not allow_eos:
             logits[..., self.eos] = -float("inf")
-        greedy[rows[:, None], positions] = logits.argmax(dim=-1)
+        greedy[rows, position] = logits.argmax(dim=-1)

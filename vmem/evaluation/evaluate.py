@@ -33,6 +33,7 @@ from vmem.evaluation.run_folder import RunFolder, fingerprint, gaps
 from vmem.evaluation.scoring import (
     GENERATE,
     VERIFY,
+    check_method,
     columns,
     generation_values,
     memorized_column,
@@ -108,8 +109,6 @@ class Plan:
 
 def _prompt_lens(ev: Evaluation) -> list[int]:
     lens = ev.prompt_len if isinstance(ev.prompt_len, list) else [ev.prompt_len]
-    if ev.method not in (GENERATE, VERIFY):
-        raise VmemError(f"--method {ev.method}: expected {GENERATE} or {VERIFY}")
     if len(lens) != len(set(lens)) or lens != sorted(lens):
         raise VmemError(f"--prompt-len {','.join(map(str, lens))}: expected increasing lengths")
     if len(lens) > 1 and ev.method != VERIFY:
@@ -121,6 +120,7 @@ def _prompt_lens(ev: Evaluation) -> list[int]:
 def plan(ev: Evaluation) -> Plan:
     if ev.chunk_size < 1:
         raise VmemError(f"--chunk-size {ev.chunk_size}: expected a positive number")
+    check_method(ev.method)
     lens = _prompt_lens(ev)
     if ev.data_parallel < 1:
         raise VmemError(f"--data-parallel {ev.data_parallel}: expected a positive number")

@@ -18,9 +18,17 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from vmem.errors import VmemError
+
 GENERATE, VERIFY, RELEASED = "generate", "verify", "released"
 METHODS = (GENERATE, VERIFY, RELEASED)
 PAPER_PROMPT_LEN = 32
+
+
+def check_method(name: str) -> None:
+    """What `vmem evaluate` and `vmem spot` can run (a released list is only imported)."""
+    if name not in (GENERATE, VERIFY):
+        raise VmemError(f"--method {name}: expected {GENERATE} or {VERIFY}")
 
 
 def method(settings: dict) -> str:
@@ -81,11 +89,6 @@ def memorized_column(settings: dict) -> str:
 def memorized_flags(settings: dict, values: np.ndarray) -> np.ndarray:
     """The run's memorized flags from the values of its `memorized_column`."""
     return values if memorized_column(settings) == "memorized" else values == settings["cont_len"]
-
-
-def is_memorized(matches: np.ndarray, cont_len: int) -> np.ndarray:
-    """Score 1: every continuation token reproduced (the paper's memorized sequence)."""
-    return matches == cont_len
 
 
 def leading_run(equal: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from vmem import pythia
 from vmem.errors import VmemError
 from vmem.evaluation.engine import EngineConfig, build_engine
-from vmem.evaluation.scoring import GENERATE, VERIFY, leading_run, score_batch
+from vmem.evaluation.scoring import GENERATE, VERIFY, check_method, leading_run, score_batch
 from vmem.io.dataset import Dataset, check_window
 
 
@@ -22,8 +22,7 @@ def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
          sequences_per_step: int = pythia.SEQUENCES_PER_STEP, method: str = GENERATE,
          tokenizer: str | None = None) -> str:
     """The report text for `indices`; token ids always, decoded text when a tokenizer loads."""
-    if method not in (GENERATE, VERIFY):
-        raise VmemError(f"--method {method}: expected {GENERATE} or {VERIFY}")
+    check_method(method)
     for index in indices:
         if not 0 <= index < dataset.num_sequences:
             raise VmemError(f"--index {index}: expected 0..{dataset.num_sequences - 1} "

@@ -54,8 +54,8 @@ def split_twins(runs: list[Run], where: str) -> tuple[list[Run], list[tuple[Run,
 
 
 def plan_comparisons(runs: list[Run], where: str) -> list[Comparison]:
-    """All family A and B comparisons among `runs` (found in `where`, for messages)."""
-    runs, _ = split_twins(runs, where)
+    """All family A and B comparisons among `runs`, one per model and checkpoint (split_twins'
+    runs; found in `where`, for messages)."""
     comparisons = _smaller_models(runs, where) + _earlier_checkpoints(runs)
     for comparison in comparisons:
         _check_window(comparison.cheap, comparison.target, where)
@@ -122,8 +122,7 @@ def _has_final(group: list[Run]) -> bool:
 
 def without_final(runs: list[Run]) -> list[str]:
     """Models with several checkpoints but not the final one: no family B target (their
-    checkpoints still count for forgetting)."""
-    runs, _ = split_twins(runs, "")
+    checkpoints still count for forgetting). `runs`: one per model and checkpoint."""
     return [model for model, group in checkpoints_by_model(runs).items() if not _has_final(group)]
 
 

@@ -153,10 +153,10 @@ def load_run(table: str, *, s3_endpoint: str | None = None) -> Run:
         raise VmemError(f"{table}: expected a merged run table NAME.parquet or NAME.csv")
     manifest_path = manifest_beside(table)
     manifest = _read_manifest(manifest_path, s3_endpoint)
-    run, settings = _run_from_manifest(manifest, manifest_path, table)
+    run = _run_from_manifest(manifest, manifest_path, table)
     folder, name = split(table, s3_endpoint=s3_endpoint)
     with folder.local_file(name) as path:
-        _fill_arrays(run, path, settings)
+        _fill_arrays(run, path)
     return run
 
 
@@ -175,8 +175,8 @@ def _table_settings(settings: dict, where: str) -> dict:
     return checked
 
 
-def _run_from_manifest(manifest: dict, where: str, table: str) -> tuple[Run, dict]:
-    """The run (arrays allocated, not filled) and its checked settings."""
+def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
+    """The run with its checked settings, arrays allocated, not filled."""
     settings = manifest.get("settings")
     if not isinstance(settings, dict):
         raise VmemError(f"{where}: expected a vmem manifest with a 'settings' object")
@@ -201,7 +201,7 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> tuple[Run, dic
     step = None if step is None else int(step)
     n, generated = stop - start, method(settings) == GENERATE
     several = not generated and len(prompt_lens(settings)) > 1
-    run = Run(
+    return Run(
         name=run_name(label, step, method(settings)), table=table, settings=settings,
         model=model, label=label, suite=pythia.suite_of(model) or OTHER_SUITE,
         step=step, params=None if params is None else int(params),
@@ -218,11 +218,11 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> tuple[Run, dic
         if several else {},
         weights_sha256=(manifest.get("weights") or {}).get("sha256"),
     )
-    return run, settings
 
 
-def _fill_arrays(run: Run, path: str, settings: dict) -> None:
+def _fill_arrays(run: Run, path: str) -> None:
     """Read the table in record batches; every row must be the next index of [start, stop)."""
+    settings = run.settings
     flag = memorized_column(settings)
     counts = {f"prefix_match_p{p}": array for p, array in run.prefix_by_prompt_len.items()}
     if run.matches is not None:

@@ -69,7 +69,8 @@ def _tables(runs: list[Run], results: str, duplicates: Duplicates | None
     generated = [run for run in runs if run.matches is not None]
     counts = {run.name: analysis.score_counts(run) for run in generated}
     profiles = {run.name: analysis.step_profile(run) for run in generated}
-    predictability = analysis.predictability_table(plan_comparisons(runs, results))
+    standing, twins = split_twins(runs, results)  # one run per model and checkpoint
+    predictability = analysis.predictability_table(plan_comparisons(standing, results))
     fits = analysis.compute_fits(predictability)
     tables = {
         "memorization_rates": analysis.rates_table(runs),
@@ -85,7 +86,6 @@ def _tables(runs: list[Run], results: str, duplicates: Duplicates | None
         tables["logprob_summary"], tables["logprob_histogram"] = analysis.logprob_tables(runs)
     if any(run.prefix_by_prompt_len for run in runs):
         tables["prompt_length"] = analysis.prompt_length_table(runs)
-    standing, twins = split_twins(runs, results)
     if twins:
         tables["method_agreement"] = analysis.method_agreement_table(twins)
     optional = {
@@ -95,7 +95,7 @@ def _tables(runs: list[Run], results: str, duplicates: Duplicates | None
         "approximate": extraction.approximate_table(runs),
     }
     tables.update((name, table) for name, table in optional.items() if len(table))
-    notes = {}
+    notes = {"without_final": without_final(standing)}
     if duplicates is not None:
         tables["duplication"], notes["unlisted"] = duplication_table(runs, duplicates)
         notes["duplicates"] = duplicates.source
@@ -192,7 +192,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     else:
         doc.paragraph("No comparison: that needs two models of a suite at one checkpoint "
                       "(family A) or two checkpoints of one model (family B).")
-    if missing := without_final(runs):
+    if missing := notes["without_final"]:
         doc.paragraph(f"No family B comparison for {', '.join(missing)}: several checkpoints "
                       f"but not the final one (step{pythia.FINAL_STEP}), the target they "
                       f"predict.")
