@@ -206,6 +206,27 @@ def test_a_run_started_before_edit_similarity_resumes_and_merges_without_it(
     assert not (tmp_path / "report" / "tables" / "approximate.csv").exists()
 
 
+def test_an_edit_similarity_outside_0_1_is_one_line(tmp_path: Path, capsys) -> None:
+    write_run(tmp_path, "run", model=PYTHIA_1B, step=143_000, start=0, stop=3, memorized=[],
+              matches=np.array([0, 1, 2]), edit_similarity=np.array([0.0, 1.5, 0.2]))
+    err = cli_error(capsys, ["report", str(tmp_path), "-o", str(tmp_path / "out")])
+    assert f"{tmp_path / 'run.parquet'}: edit_similarity must lie in 0..1, found 1.5" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_method_python_callers_cannot_run_is_one_line(tmp_path: Path) -> None:
+    from vmem.errors import VmemError
+    from vmem.evaluation.spot import spot
+
+    ev = Evaluation(engine=EngineConfig("unused"), data=str(tmp_path / "none"),
+                    out=str(tmp_path / "out"), method="released")
+    with pytest.raises(VmemError, match=r"^--method released: expected generate or verify$"):
+        evaluate(ev)
+    with pytest.raises(VmemError, match=r"^--method sample: expected generate or verify$"):
+        spot(None, [0], EngineConfig("unused"), method="sample")
+    assert not (tmp_path / "out").exists()
+
+
 def test_approximate_shares_beside_exact(tmp_path: Path) -> None:
     similarity = np.array([1.0, 0.95, 0.9, 0.8, 0.75, 0.5, 0.0, 1.0])
     matches = np.array([CONT_LEN, 30, 28, 20, 10, 5, 0, CONT_LEN])
