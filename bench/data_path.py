@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.s3_server
 
 from tests.s3_server import FAKE_CREDENTIALS, moto_server  # noqa: E402
+from vmem.data import Dataset, iter_batches, open_dataset  # noqa: E402
 from vmem.io import mmidx, s3  # noqa: E402
-from vmem.io.dataset import Dataset, iter_batches, open_dataset  # noqa: E402
 
 
 def write_dataset(folder: Path, sequences: int, seq_len: int, shards: int) -> None:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vmem import pythia  # noqa: E402
-from vmem.evaluation.engine import EngineConfig, HfEngine  # noqa: E402
+from vmem.engines import EngineConfig, HfEngine  # noqa: E402
 
 
 def seconds(fn, device: str) -> float:

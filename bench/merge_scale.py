@@ -1,10 +1,10 @@
 """`vmem merge` at Pythia scale: a synthetic run folder of --rows sequences (default 146,432,000,
 all sequences of step143000) in the evaluator's format (manifest.json + one score file per chunk
-of vmem.evaluation.evaluate.DEFAULT_CHUNK rows), merged by `vmem merge` in a child process: time,
+of vmem.evaluate.DEFAULT_CHUNK rows), merged by `vmem merge` in a child process: time,
 peak RSS, bytes per row.
 
 Shards are formatted by pyarrow (writing 146M rows through Python would take longer than the
-merge), and the first one is checked byte for byte against `vmem.evaluation.scoring.score_csv`.
+merge), and the first one is checked byte for byte against `vmem.scoring.score_csv`.
 
     .venv/bin/python bench/merge_scale.py --rows 146432000 --dir /tmp/vmem-merge-bench
 """
@@ -27,9 +27,9 @@ import pyarrow.csv as pacsv
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report_scale import CONT_LEN, synthetic_matches  # noqa: E402
-from vmem.evaluation.evaluate import DEFAULT_CHUNK  # noqa: E402
-from vmem.evaluation.run_folder import MANIFEST, fingerprint, score_file_name  # noqa: E402
-from vmem.evaluation.scoring import columns, score_csv  # noqa: E402
+from vmem.evaluate import DEFAULT_CHUNK  # noqa: E402
+from vmem.runs.folder import MANIFEST, fingerprint, score_file_name  # noqa: E402
+from vmem.scoring import columns, score_csv  # noqa: E402
 
 SCORES = pa.array([repr(m / CONT_LEN) for m in range(CONT_LEN + 1)])  # as score_csv writes them
 NAMES = columns({"logprobs": False})  # a generation run's columns

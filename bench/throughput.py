@@ -49,10 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vmem import pythia  # noqa: E402
-from vmem.evaluation.engine import choose_dtype  # noqa: E402
+from vmem.data import open_dataset  # noqa: E402
+from vmem.engines import choose_dtype  # noqa: E402
 from vmem.hardware import cpu_flags, cpu_kind  # noqa: E402
 from vmem.io import mmidx  # noqa: E402
-from vmem.io.dataset import open_dataset  # noqa: E402
 
 TOKEN_IDS = 50_304  # random token ids stay below the smallest Pythia vocabulary
 SEQ_LEN = 2049  # a Pythia row: 2048 inputs + 1 target

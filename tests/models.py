@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from vmem.evaluation.engine import EngineConfig, build_engine
+from vmem.engines import EngineConfig, build_engine
 from vmem.io import mmidx
 
 VOCAB = 512

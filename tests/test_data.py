@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 
 from vmem.cli import main
-from vmem.errors import VmemError
-from vmem.io import mmidx
-from vmem.io.dataset import (
+from vmem.data import (
     checkpoint_range,
     iter_batches,
     open_dataset,
@@ -22,6 +20,8 @@ from vmem.io.dataset import (
     step_of,
     step_range,
 )
+from vmem.errors import VmemError
+from vmem.io import mmidx
 
 N, SEQ_LEN = 300, 37  # a row is 74 bytes: shard sizes below are deliberately not multiples
 ROW_BYTES = SEQ_LEN * 2

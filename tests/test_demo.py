@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from vmem import cli
+from vmem.data import open_dataset
 from vmem.demo import corpus as minicorpus
 from vmem.demo.run import QUICK
-from vmem.evaluation.engine import EngineConfig, build_engine
-from vmem.evaluation.evaluate import Evaluation, evaluate
-from vmem.evaluation.merge import merge_run
-from vmem.io.dataset import open_dataset
+from vmem.engines import EngineConfig, build_engine
+from vmem.evaluate import Evaluation, evaluate
+from vmem.runs.merge import merge_run
 
 
 @pytest.fixture(scope="module")

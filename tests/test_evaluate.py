@@ -20,11 +20,11 @@ from transformers import AutoModelForCausalLM
 from tests.cli import cli_error
 from tests.models import EOS_SEQUENCE, MEMORIZED, NUM_SEQUENCES
 from vmem.cli import build_parser, engine_config, main
+from vmem.engines import EngineConfig
 from vmem.errors import VmemError
-from vmem.evaluation.engine import EngineConfig
-from vmem.evaluation.evaluate import Evaluation, evaluate
-from vmem.evaluation.merge import merge_run
+from vmem.evaluate import Evaluation, evaluate
 from vmem.quiet import QUIET_DEFAULTS
+from vmem.runs.merge import merge_run
 
 VMEM = [sys.executable, "-m", "vmem.cli"]
 

@@ -17,8 +17,7 @@ from transformers import GPTNeoXConfig
 from tests.models import tiny_config
 from vmem import hardware, pythia
 from vmem.cli import main
-from vmem.errors import VmemError
-from vmem.evaluation.engine import (
+from vmem.engines import (
     CPU_BLOCK_TOKENS,
     CPU_MAX_NUM_SEQS,
     KV_MARGIN,
@@ -30,6 +29,7 @@ from vmem.evaluation.engine import (
     plan_cpu_kv_cache,
     weight_bytes,
 )
+from vmem.errors import VmemError
 
 # An AVX2-only CPU machine, with no GPU visible even where the tests run on a GPU node.
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -82,7 +82,7 @@ def test_cpu_kind_from_the_flags_and_onednns_cap(monkeypatch, cpu_only, flags, i
 
 
 def test_on_the_avx2_kind_auto_is_float32_and_transformers():
-    code = ("from vmem.evaluation.engine import choose_dtype, choose_engine; "
+    code = ("from vmem.engines import choose_dtype, choose_engine; "
             "d, e = choose_dtype('auto'), choose_engine('auto'); print(d.value, e.value, d.reason)")
     assert in_child(code, AVX2_ONLY) == "float32 hf AVX2 CPU has no native bfloat16"
 

@@ -15,12 +15,12 @@ import pytest
 from tests.cli import cli_error
 from tests.s3_server import FAKE_CREDENTIALS, set_auth
 from vmem.cli import main
+from vmem.engines import EngineConfig
 from vmem.errors import VmemError
-from vmem.evaluation.engine import EngineConfig
-from vmem.evaluation.evaluate import Evaluation, evaluate
-from vmem.evaluation.merge import merge_run
-from vmem.evaluation.run_folder import parse_score_file_name, score_file_name
+from vmem.evaluate import Evaluation, evaluate
 from vmem.io import s3
+from vmem.runs.folder import parse_score_file_name, score_file_name
+from vmem.runs.merge import merge_run
 
 STOP = 200
 

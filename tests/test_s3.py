@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from vmem.cli import main
+from vmem.data import iter_batches, open_dataset
 from vmem.errors import VmemError
 from vmem.io import mmidx, s3
-from vmem.io.dataset import iter_batches, open_dataset
 from vmem.io.location import is_s3
 
 N, SEQ_LEN = 200, 41

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from vmem.errors import VmemError
-from vmem.evaluation.slicing import task_from_env, task_slice
+from vmem.runs.slicing import task_from_env, task_slice
 
 
 def check_partition(start: int, stop: int, num_tasks: int) -> None:

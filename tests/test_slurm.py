@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vmem.evaluation.run_folder import parse_score_file_name, task_marker_name
-from vmem.evaluation.slicing import task_slice
+from vmem.runs.folder import parse_score_file_name, task_marker_name
+from vmem.runs.slicing import task_slice
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ VMEM = REPO / ".venv" / "bin" / "vmem"
 PYTHON = REPO / ".venv" / "bin" / "python"
 # The templates ask for a GPU node; the test cluster has 2 CPUs and no GPUs.
 ON_TEST_NODE = ["--gres=none", "--cpus-per-task=1", "--mem=1G"]
-SHOW_SLICE = ("from vmem.evaluation.slicing import task_from_env, task_slice; "
+SHOW_SLICE = ("from vmem.runs.slicing import task_from_env, task_slice; "
               "t, n = task_from_env(None, {num_tasks}); print(t, n, *task_slice(0, 10, t, n))")
 
 

@@ -6,9 +6,9 @@ import pytest
 
 from tests.cli import cli_error
 from vmem.cli import main
-from vmem.evaluation.engine import EngineConfig
-from vmem.evaluation.evaluate import Evaluation, evaluate
-from vmem.evaluation.slicing import task_slice
+from vmem.engines import EngineConfig
+from vmem.evaluate import Evaluation, evaluate
+from vmem.runs.slicing import task_slice
 
 STOP = 90
 

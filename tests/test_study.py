@@ -18,11 +18,11 @@ from tests.cli import cli_error
 from tests.models import NUM_SEQUENCES
 from tests.test_report import CONT_LEN, run_report, write_run
 from vmem.cli import main
-from vmem.evaluation.engine import EngineConfig
-from vmem.evaluation.evaluate import Evaluation, evaluate
-from vmem.evaluation.merge import merge_run
-from vmem.evaluation.run_folder import fingerprint
-from vmem.evaluation.scoring import edit_similarity, generation_values
+from vmem.engines import EngineConfig
+from vmem.evaluate import Evaluation, evaluate
+from vmem.runs.folder import fingerprint
+from vmem.runs.merge import merge_run
+from vmem.scoring import edit_similarity, generation_values
 
 PYTHIA_1B = "EleutherAI/pythia-1b"
 
@@ -216,7 +216,7 @@ def test_an_edit_similarity_outside_0_1_is_one_line(tmp_path: Path, capsys) -> N
 
 def test_a_method_python_callers_cannot_run_is_one_line(tmp_path: Path) -> None:
     from vmem.errors import VmemError
-    from vmem.evaluation.spot import spot
+    from vmem.spot import spot
 
     ev = Evaluation(engine=EngineConfig("unused"), data=str(tmp_path / "none"),
                     out=str(tmp_path / "out"), method="released")

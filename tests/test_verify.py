@@ -13,9 +13,9 @@ import pytest
 from tests.cli import cli_error
 from tests.models import EOS_SEQUENCE, MEMORIZED, NUM_SEQUENCES
 from vmem.cli import main
-from vmem.evaluation.engine import EngineConfig
-from vmem.evaluation.evaluate import Evaluation, evaluate
-from vmem.evaluation.merge import merge_run
+from vmem.engines import EngineConfig
+from vmem.evaluate import Evaluation, evaluate
+from vmem.runs.merge import merge_run
 
 
 def scored(tmp: Path, engine, model: str, data: str, name: str, **kw) -> pd.DataFrame:

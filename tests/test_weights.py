@@ -16,7 +16,7 @@ import pandas as pd
 from tests.cli import cli_error
 from tests.test_report import run_report, write_run
 from vmem.cli import main
-from vmem.evaluation.weights import fingerprint_weights
+from vmem.runs.weights import fingerprint_weights
 from vmem.study import integrity
 from vmem.study.merged_runs import load_run
 

@@ -211,13 +211,13 @@ def _fields(cls, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
 
 def engine_config(args: argparse.Namespace):
     """One EngineConfig from the shared engine flags: evaluate and spot honour every one."""
-    from vmem.evaluation.engine import EngineConfig
+    from vmem.engines import EngineConfig
 
     return EngineConfig(**_fields(EngineConfig, args, skip=("max_len",)))
 
 
 def _dataset(args: argparse.Namespace, path: str):
-    from vmem.io.dataset import open_dataset
+    from vmem.data import open_dataset
 
     return open_dataset(path, seq_len=args.seq_len, dtype=args.data_dtype,
                         s3_endpoint=args.s3_endpoint)
@@ -226,7 +226,7 @@ def _dataset(args: argparse.Namespace, path: str):
 # Imports are local to each command so that `vmem status` does not pay for torch/vLLM start-up.
 
 def data_command(args: argparse.Namespace) -> None:
-    from vmem.io import dataset as datasets
+    from vmem import data as datasets
 
     if args.data_command == "dump":
         datasets.check_dump_output(args.output)
@@ -241,13 +241,13 @@ def data_command(args: argparse.Namespace) -> None:
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
-    from vmem.evaluation.evaluate import Evaluation, evaluate
+    from vmem.evaluate import Evaluation, evaluate
 
     evaluate(Evaluation(engine=engine_config(args), **_fields(Evaluation, args, skip=("engine",))))
 
 
 def spot_command(args: argparse.Namespace) -> None:
-    from vmem.evaluation.spot import spot
+    from vmem.spot import spot
 
     if isinstance(args.prompt_len, list):
         raise VmemError("--prompt-len: vmem spot takes one prompt length")
@@ -258,8 +258,8 @@ def spot_command(args: argparse.Namespace) -> None:
 
 
 def status_command(args: argparse.Namespace) -> None:
-    from vmem.evaluation.status import unfinished_tasks
-    from vmem.io.dataset import selected_range
+    from vmem.data import selected_range
+    from vmem.runs.status import unfinished_tasks
 
     requested = None
     if (args.start, args.stop, args.checkpoint) != (None, None, None):
@@ -273,7 +273,7 @@ def status_command(args: argparse.Namespace) -> None:
 
 
 def merge_command(args: argparse.Namespace) -> None:
-    from vmem.evaluation.merge import merge_run
+    from vmem.runs.merge import merge_run
 
     merge_run(args.run, args.output, s3_endpoint=args.s3_endpoint)
 

@@ -26,14 +26,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vmem.data import open_dataset
 from vmem.demo import corpus as minicorpus
 from vmem.demo import suite as minisuite
+from vmem.engines import EngineConfig, choose_engine
 from vmem.errors import VmemError
-from vmem.evaluation.engine import EngineConfig, choose_engine
-from vmem.evaluation.evaluate import Evaluation, evaluate
-from vmem.evaluation.merge import merge_run
+from vmem.evaluate import Evaluation, evaluate
 from vmem.io.atomic import atomic_path
-from vmem.io.dataset import open_dataset
+from vmem.runs.merge import merge_run
 from vmem.study.report import report
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vmem import pythia
-from vmem.io.dataset import open_dataset
+from vmem.data import open_dataset
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,2 @@
-"""Bytes in and out: atomic files, local-or-S3 folders (`Location`), the mmap dataset format and
-the token datasets read through them."""
+"""Bytes in and out: atomic files, local-or-S3 folders (`Location`), S3 calls and the mmap
+indexed dataset format. The token datasets read through them are `vmem.data`."""

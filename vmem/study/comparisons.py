@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from vmem import pythia
 from vmem.errors import VmemError
-from vmem.evaluation.scoring import GENERATE, RELEASED, VERIFY
+from vmem.scoring import GENERATE, RELEASED, VERIFY
 from vmem.study.merged_runs import OTHER_SUITE, Run
 
 FAMILIES = {

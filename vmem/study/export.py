@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vmem.data import Dataset
 from vmem.errors import VmemError
 from vmem.io.atomic import atomic_path
-from vmem.io.dataset import Dataset
 from vmem.study.merged_runs import Run
 
 MAX_GAP = 4  # memorized sequences this close are read in one span (cheaper than a request)

@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 
 from vmem import pythia
 from vmem.errors import VmemError
-from vmem.evaluation.merge import MANIFEST_SUFFIX, manifest_beside
-from vmem.evaluation.scoring import (
+from vmem.io.location import Location, split
+from vmem.runs.merge import MANIFEST_SUFFIX, manifest_beside
+from vmem.scoring import (
     GENERATE,
     METHODS,
     PAPER_PROMPT_LEN,
@@ -31,7 +32,6 @@ from vmem.evaluation.scoring import (
     primary_prompt_len,
     prompt_lens,
 )
-from vmem.io.location import Location, split
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 BATCH_ROWS = 1 << 20

@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 
 import vmem
 from vmem import pythia
+from vmem.data import Dataset, checkpoint_range, manifest_entry
 from vmem.errors import VmemError, first_line
-from vmem.evaluation.merge import manifest_beside
-from vmem.evaluation.run_folder import fingerprint, json_bytes
-from vmem.evaluation.scoring import PAPER_PROMPT_LEN, RELEASED
 from vmem.io.atomic import atomic_path, write_atomic
-from vmem.io.dataset import Dataset, checkpoint_range, manifest_entry
 from vmem.io.location import is_s3, split
+from vmem.runs.folder import fingerprint, json_bytes
+from vmem.runs.merge import manifest_beside
+from vmem.scoring import PAPER_PROMPT_LEN, RELEASED
 from vmem.study.export import first_tokens
 from vmem.study.merged_runs import model_and_label, run_name
 

@@ -27,10 +27,20 @@ import numpy as np
 
 import vmem
 from vmem import hardware, pythia, quiet
+from vmem.data import (
+    Dataset,
+    check_window,
+    iter_batches,
+    manifest_entry,
+    open_dataset,
+    resolve_range,
+)
+from vmem.engines import EngineConfig, build_engine, describe, preflight, resolve
 from vmem.errors import VmemError
-from vmem.evaluation.engine import EngineConfig, build_engine, describe, preflight, resolve
-from vmem.evaluation.run_folder import RunFolder, fingerprint, gaps
-from vmem.evaluation.scoring import (
+from vmem.runs.folder import RunFolder, fingerprint, gaps
+from vmem.runs.slicing import task_from_env, task_slice
+from vmem.runs.weights import fingerprint_weights
+from vmem.scoring import (
     GENERATE,
     VERIFY,
     check_method,
@@ -41,16 +51,6 @@ from vmem.evaluation.scoring import (
     prompt_lens,
     score_csv,
     verification_values,
-)
-from vmem.evaluation.slicing import task_from_env, task_slice
-from vmem.evaluation.weights import fingerprint_weights
-from vmem.io.dataset import (
-    Dataset,
-    check_window,
-    iter_batches,
-    manifest_entry,
-    open_dataset,
-    resolve_range,
 )
 
 DEFAULT_CHUNK = 8192  # prompts per engine call: enough to keep vLLM's scheduler full
@@ -338,7 +338,7 @@ def run_data_parallel(p: Plan) -> dict:
             env = dict(os.environ)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[rank * tp:(rank + 1) * tp])
-            child = subprocess.Popen([sys.executable, "-m", "vmem.evaluation.evaluate"],
+            child = subprocess.Popen([sys.executable, "-m", "vmem.evaluate"],
                                      env=env, stdin=subprocess.PIPE, text=True)
             children.append(child)
             child.stdin.write(json.dumps({"evaluation": dataclasses.asdict(child_ev),

@@ -19,7 +19,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from vmem.errors import VmemError
-from vmem.evaluation.run_folder import (
+from vmem.io.atomic import atomic_path, write_atomic
+from vmem.io.location import Location
+from vmem.runs.folder import (
     MANIFEST,
     TASKS,
     DamagedScoreFile,
@@ -31,7 +33,7 @@ from vmem.evaluation.run_folder import (
     parse_score_file_name,
     read_score_file,
 )
-from vmem.evaluation.scoring import (
+from vmem.scoring import (
     GENERATE,
     column_type,
     columns,
@@ -41,8 +43,6 @@ from vmem.evaluation.scoring import (
     prompt_lens,
     schema,
 )
-from vmem.io.atomic import atomic_path, write_atomic
-from vmem.io.location import Location
 
 # A merged run is NAME.parquet (or NAME.csv) with the run's manifest beside it in this file.
 MANIFEST_SUFFIX = ".manifest.json"

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from vmem.errors import VmemError, first_line
-from vmem.evaluation.scoring import GENERATE, column_type, columns, method
-from vmem.evaluation.weights import check_unchanged
 from vmem.io.location import Location
+from vmem.runs.weights import check_unchanged
+from vmem.scoring import GENERATE, column_type, columns, method
 
 SCORE_FILE = re.compile(r"^scores-(?P<fp>[0-9a-f]{10})-(?P<start>\d{12})-(?P<stop>\d{12})\.csv$")
 TASK_MARKER = re.compile(r"^task-(?P<start>\d{12})-(?P<stop>\d{12})\.json$")

@@ -11,10 +11,10 @@ import dataclasses
 import numpy as np
 
 from vmem import pythia
+from vmem.data import Dataset, check_window
+from vmem.engines import EngineConfig, build_engine
 from vmem.errors import VmemError
-from vmem.evaluation.engine import EngineConfig, build_engine
-from vmem.evaluation.scoring import GENERATE, VERIFY, check_method, leading_run, score_batch
-from vmem.io.dataset import Dataset, check_window
+from vmem.scoring import GENERATE, VERIFY, check_method, leading_run, score_batch
 
 
 def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,

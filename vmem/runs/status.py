@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 
 from vmem.errors import VmemError
-from vmem.evaluation.run_folder import MANIFEST, finished_tasks, parse_manifest
-from vmem.evaluation.slicing import task_slice
 from vmem.io.location import Location
+from vmem.runs.folder import MANIFEST, finished_tasks, parse_manifest
+from vmem.runs.slicing import task_slice
 
 
 def unfinished_tasks(out: str, num_tasks: int, requested: tuple[int, int] | None = None, *,

@@ -1,1 +1,0 @@
-"""Scoring training sequences: engines, score files in a run folder, task slices, merge, status."""

@@ -1,0 +1,2 @@
+"""What runs and records a run: its output folder, task slices, weights fingerprint, status
+and merge."""
