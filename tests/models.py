@@ -1,8 +1,9 @@
 """Tiny GPT-NeoX models and a dataset in Pythia's format, built for the tests.
 
 The model really memorizes: it is trained for a few seconds on the first MEMORIZED sequences of
-the dataset, one of which has end-of-text tokens inside its continuation. The vLLM engine is
-started once per test session (start-up takes most of a minute on CPU) and shared.
+the dataset, one of which has end-of-text tokens inside its continuation. The vLLM engines (one
+worker, and two tensor-parallel workers) are started once per test session (start-up takes
+most of a minute on CPU, two for two workers) and shared.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from vmem import hardware
 from vmem.engines import EngineConfig, build_engine
 from vmem.io import mmidx
 
@@ -80,6 +82,18 @@ def vllm_engine(tiny_model_dir):
     engine = build_engine(EngineConfig(tiny_model_dir, engine="vllm", dtype="float32"))
     yield engine
     engine.close()  # before the interpreter's exit, whose shutdown of vLLM can abort the process
+
+
+@pytest.fixture(scope="session")
+def vllm_tp_engine(tiny_model_dir):
+    """The tiny model tensor-parallel over two vLLM CPU workers, one attention head and one
+    core each (vmem binds them); shared like `vllm_engine`: it takes most of two minutes to
+    start on a 2-core machine."""
+    if not hardware.on_gpu() and len(hardware.cpu_cores()) < 2:
+        pytest.skip("tensor parallelism on CPU needs two cores this process may use")
+    engine = build_engine(EngineConfig(tiny_model_dir, engine="vllm", dtype="float32", tp=2))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")

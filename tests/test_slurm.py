@@ -1,11 +1,13 @@
 """The launch templates on a real one-node Slurm cluster (tests/slurm_cluster.py).
 
 The evaluation jobs use `--engine hf --dtype float32`: four vLLM CPU engines at once would not fit
-this machine's memory, and the Slurm side (slices, resubmission, exactly-once) is the same.
+this machine's memory, and the Slurm side (slices, resubmission, exactly-once) is the same. The
+exception is tensor parallelism, which only vLLM has: one `tp.sbatch` job with GPUS=2.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -15,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from vmem.engines import EngineConfig
+from vmem.evaluate import Evaluation, evaluate
 from vmem.runs.folder import parse_score_file_name, task_marker_name
 from vmem.runs.slicing import task_slice
 
@@ -222,6 +226,30 @@ def test_cancelled_task_resubmitted_covers_each_index_once(slurm_cluster, tiny_m
     assert merge(out, tmp_path / "merged.parquet").returncode == 0
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "merged.parquet"),
                                   single_process_table)
+
+
+def test_tp_template_on_two_workers_equals_one_worker(slurm_cluster, tiny_model_dir, tiny_dataset,
+                                                     vllm_engine, tmp_path):
+    # tp.sbatch with GPUS=2: one vLLM engine tensor-parallel over two workers, the CPU standing
+    # in for two GPUs (each worker gets one of the two cores); against one worker, same range.
+    # Chunks of 48 sequences: vLLM's cost per call would dominate chunks of 2.
+    out, chunk = tmp_path / "tp2", STOP // 4
+    env = evaluate_env(tiny_model_dir, str(tiny_dataset), out) | {
+        "GPUS": "2", "VMEM_ARGS": f"--engine vllm --dtype float32 --chunk-size {chunk}"}
+    job = slurm_cluster.sbatch(f"--output={tmp_path}/tp.out", "--gres=none", "--cpus-per-task=2",
+                               "--mem=4G", str(REPO / "launch" / "tp.sbatch"), env=env)
+    one = tmp_path / "tp1"
+    evaluate(Evaluation(engine=EngineConfig(tiny_model_dir, engine="vllm", dtype="float32"),
+                        data=str(tiny_dataset), out=str(one), start=0, stop=STOP,
+                        chunk_size=chunk, progress=False), engine=vllm_engine)
+    assert slurm_cluster.wait(job, timeout=900) == {job: "COMPLETED"}, job_logs(tmp_path)
+    assert_exactly_once(out)
+    files = sorted(p.name for p in out.glob("scores-*.csv"))
+    assert len(files) == 4 and files == sorted(p.name for p in one.glob("scores-*.csv"))
+    for name in files:
+        assert (out / name).read_bytes() == (one / name).read_bytes(), name
+    info = json.loads((out / "manifest.json").read_text())["engine_info"]
+    assert (info["engine"], info["tp"]) == ("vllm", 2)
 
 
 def test_node_and_tp_templates_equal_one_process(slurm_cluster, tiny_model_dir, tiny_dataset,

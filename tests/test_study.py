@@ -280,7 +280,8 @@ def test_bad_duplicates_tables_are_one_line(tmp_path: Path, capsys, case: str) -
     write_run(tmp_path, "run", model=PYTHIA_1B, step=143_000, start=0, stop=10, memorized=[1])
     path = tmp_path / "dups.csv"
     text, expected = {
-        "no index": ("sequence,count\n1,2\n", "expected columns index,count, found "
+        "no index": ("sequence,count\n1,2\n", "expected columns index,count (vmem duplicates) "
+                     "or sequence_id,counts (EleutherAI's published counts), found "
                      "sequence,count"),
         "twice": ("index,count\n1,2\n1,3\n", "index 1 is listed more than once"),
         "negative": ("index,count\n1,-2\n", "indices and counts must not be negative"),

@@ -186,7 +186,9 @@ def test_report_names_runs_of_different_checkpoints_with_identical_weights(tmp_p
     assert "Warning: these runs claim different checkpoints but loaded identical weights" in top
     assert ("- pythia-410m-step23000 (pythia-410m, step 23000) and pythia-410m-step143000 "
             "(pythia-410m, step 143000) both loaded weights with sha256 aaaaaaaaaaaa") in top
-    assert "## 9. Checkpoint integrity" in markdown
+    # Numbered as shown: no log-probability, prompt-length or method-agreement section before it.
+    assert "## 6. Checkpoint integrity" in markdown
+    assert "they stay in every table (section 6):" in top
     assert "3 of 3 runs record" in markdown and "1 pair(s) of runs" in markdown
     # Nothing dropped: the runs stay in the comparisons.
     pred = pd.read_csv(tmp_path / "report" / "tables" / "predictability.csv")

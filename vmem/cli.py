@@ -41,6 +41,15 @@ def _add_sequences_per_step(p: argparse.ArgumentParser) -> None:
                    help="sequences per training step (Pythia: 1024)")
 
 
+def _add_taxonomy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", default=None, metavar="TOK",
+                   help="tokenizer (hub id or folder; Pythia's: EleutherAI/pythia-70m) to decode "
+                        "sequences: the reconstruction category (templated text) and examples")
+    p.add_argument("--recitation-threshold", type=int, default=6, metavar="N",
+                   help="a memorized sequence whose continuation occurs N or more times is "
+                        "recitation (default 6: the paper's 'more than 5 duplicates')")
+
+
 def _prompt_lens(text: str) -> int | list[int]:
     try:
         lens = [int(part) for part in text.split(",")]
@@ -169,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folders (or s3://) holding merged runs, at any depth")
     rp.add_argument("-o", "--output", required=True, help="report folder")
     rp.add_argument("--duplicates", metavar="FILE",
-                    help="table index,count (.parquet or .csv): memorized share by duplication")
+                    help="duplicate counts (.parquet or .csv): vmem duplicates' table "
+                         "(index,count,...) or EleutherAI's sequence_id,counts; memorized share "
+                         "by duplication and the recitation/reconstruction/recollection taxonomy")
+    _add_taxonomy(rp)
+    rp.add_argument("--data", default=None,
+                    help="the runs' training data, for the taxonomy's templating and examples "
+                         "(default: each run's dataset as its manifest records it)")
     _add_s3_endpoint(rp)
 
     ex = sub.add_parser("export-memorized", parents=[common],
@@ -179,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", required=True)
     _add_data_source(ex)
     ex.add_argument("--tokens", type=int, default=64)
+    ex.add_argument("--duplicates", metavar="FILE",
+                    help="duplicate counts (as for vmem report): adds the columns count and "
+                         "category")
+    _add_taxonomy(ex)
 
     im = sub.add_parser("import-released", parents=[common],
                         help="EleutherAI's list of a model's memorized sequences → a merged run")
@@ -193,6 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--data", default=None,
                     help="the training data (as for vmem evaluate): check every row's tokens")
     _add_data_source(im)
+
+    du = sub.add_parser("duplicates", parents=[common],
+                        help="how often each sequence's continuation occurs in the whole data "
+                             "(a tokengrams index, built once)")
+    du.add_argument("--data", required=True, help="dataset path or s3:// URL")
+    _add_data_source(du)
+    du.add_argument("--index", required=True,
+                    help="local folder of the suffix-table index: built if absent, else reused")
+    _add_range(du, checkpoint=True)
+    du.add_argument("--offset", type=int, default=0, help="token offset of the prompt")
+    du.add_argument("--prompt-len", type=int, default=32)
+    du.add_argument("--cont-len", type=int, default=32,
+                    help="the window counted: tokens [offset + prompt-len, + cont-len)")
+    du.add_argument("-o", "--output", default=None, help="COUNTS.parquet")
+    du.add_argument("--chunk-size", type=int, default=None,
+                    help="windows per durable chunk file")
+    du.add_argument("--task-id", type=int, default=None, help="this task's slice (0-based)")
+    du.add_argument("--num-tasks", type=int, default=None, help="how many slices in all")
+    du.add_argument("--build-only", action="store_true",
+                    help="only build the index (one shard's part with --shard, or the shard "
+                         "$SLURM_ARRAY_TASK_ID of an array job)")
+    du.add_argument("--shard", type=int, default=None, help="with --build-only: this part only")
+    du.add_argument("--no-progress", dest="progress", action="store_false")
 
     demo = sub.add_parser("demo", parents=[common],
                           help="the whole study on a mini suite trained on the spot")
@@ -282,17 +324,27 @@ def report_command(args: argparse.Namespace) -> None:
     from vmem.study.report import report
 
     out = Path(args.output)
-    runs = report(args.results, out, duplicates=args.duplicates, s3_endpoint=args.s3_endpoint)
+    runs = report(args.results, out, duplicates=args.duplicates, tokenizer=args.tokenizer,
+                  data=args.data, recitation_threshold=args.recitation_threshold,
+                  s3_endpoint=args.s3_endpoint)
     print(f"vmem report: {len(runs)} runs → {out}/report.html, report.md, tables/, figures/")
 
 
 def export_command(args: argparse.Namespace) -> None:
     from vmem.study.export import check_output, export_memorized
     from vmem.study.merged_runs import load_run
+    from vmem.study.taxonomy import export_columns
 
     check_output(Path(args.output))
+    if args.tokenizer is not None and args.duplicates is None:
+        raise VmemError("--tokenizer: export-memorized decides categories from counts; give "
+                        "--duplicates too")
     run = load_run(args.run, s3_endpoint=args.s3_endpoint)
-    count = export_memorized(run, _dataset(args, args.data), args.tokens, Path(args.output))
+    dataset = _dataset(args, args.data)
+    columns = None if args.duplicates is None else export_columns(
+        run, dataset, args.duplicates, args.tokenizer, args.recitation_threshold,
+        s3_endpoint=args.s3_endpoint)
+    count = export_memorized(run, dataset, args.tokens, Path(args.output), columns)
     print(f"vmem export-memorized: {count:,} memorized sequences of {run.name} → {args.output}")
 
 
@@ -305,6 +357,25 @@ def import_command(args: argparse.Namespace) -> None:
                     sequences_per_step=args.sequences_per_step, s3_endpoint=args.s3_endpoint)
 
 
+def duplicates_command(args: argparse.Namespace) -> None:
+    from vmem.duplicates import Counting, build_index, count_duplicates
+
+    if args.build_only:
+        shard, array_id = args.shard, os.environ.get("SLURM_ARRAY_TASK_ID")
+        if shard is None and array_id is not None:  # one array task per shard
+            if not array_id.isdigit():
+                raise VmemError(f"SLURM_ARRAY_TASK_ID: expected a shard number, got {array_id!r}")
+            shard = int(array_id)
+        build_index(_dataset(args, args.data), args.index, args.cont_len, part=shard,
+                    progress=args.progress)
+        return
+    if args.shard is not None:
+        raise VmemError("--shard: only with --build-only")
+    if args.output is None:
+        raise VmemError("-o/--output: expected COUNTS.parquet (or --build-only)")
+    count_duplicates(Counting(**_fields(Counting, args)))
+
+
 def demo_command(args: argparse.Namespace) -> None:
     from vmem.demo.run import DEFAULT, QUICK, run_demo
 
@@ -314,7 +385,7 @@ def demo_command(args: argparse.Namespace) -> None:
 COMMANDS = {"data": data_command, "evaluate": evaluate_command, "spot": spot_command,
             "status": status_command, "merge": merge_command, "report": report_command,
             "export-memorized": export_command, "import-released": import_command,
-            "demo": demo_command}
+            "duplicates": duplicates_command, "demo": demo_command}
 
 
 def main(argv: list[str] | None = None) -> int:

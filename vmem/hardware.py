@@ -1,4 +1,4 @@
-"""What the machine can do: GPU or CPU, the CPU's bfloat16 support, the worker's NUMA memory.
+"""What the machine can do: GPU or CPU, the CPU's bfloat16 support and cores, NUMA memory.
 
 The defaults that follow the hardware (`--dtype auto`, `--engine auto`, vLLM's KV cache on CPU)
 are decided from these facts, never from the machine a default happened to be tuned on.
@@ -64,12 +64,56 @@ def native_bf16() -> bool:
     return cpu_kind() in NATIVE_BF16
 
 
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity: a Slurm job's, taskset's), in order."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def cpu_cores() -> list[list[int]]:
+    """The CPUs this process may run on, grouped by physical core (SMT siblings together)."""
+    cores: dict[tuple[str, str], list[int]] = {}
+    for cpu in allowed_cpus():
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            key = ((topology / "physical_package_id").read_text().strip(),
+                   (topology / "core_id").read_text().strip())
+        except OSError:  # no topology shown: each CPU is its own core
+            key = ("cpu", str(cpu))
+        cores.setdefault(key, []).append(cpu)
+    return sorted(cores.values())
+
+
+def rank_cpus(tp: int) -> list[list[int]]:
+    """CPUs for each of `tp` tensor-parallel ranks: an equal share of this process's physical
+    cores each (ranks meet at every all-reduce, so the slowest sets the pace), one logical CPU
+    per core as vLLM's own x86 binding takes (SMT siblings share one core's vector units). The
+    cores left over (fewer than tp) stay free for vLLM's scheduler process and vmem itself.
+    Needs 1 <= tp <= len(cpu_cores())."""
+    cores = cpu_cores()
+    share = len(cores) // tp
+    return [[core[0] for core in cores[rank * share:(rank + 1) * share]] for rank in range(tp)]
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """A CPU list as Linux and VLLM_CPU_OMP_THREADS_BIND write one, "0-3,8" -> [0, 1, 2, 3, 8]."""
+    cpus = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        cpus += range(int(first), int(last or first) + 1)
+    return cpus
+
+
+def numa_node_of(cpu: int) -> int:
+    nodes = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}").glob("node[0-9]*"))
+    return int(nodes[0].name[4:]) if nodes else 0
+
+
 def worker_numa_node() -> int:
     """The NUMA node of the first CPU this process may run on: where vLLM's CPU worker carves
-    its KV cache from."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
-    nodes = sorted(Path(f"/sys/devices/system/cpu/cpu{cpus[0]}").glob("node[0-9]*"))
-    return int(nodes[0].name[4:]) if nodes else 0
+    its KV cache from (a worker bound to other CPUs carves from theirs: `numa_node_of`)."""
+    return numa_node_of(allowed_cpus()[0])
 
 
 def numa_available_bytes(node: int) -> int:
@@ -88,10 +132,10 @@ def numa_available_bytes(node: int) -> int:
         import psutil
 
         available = psutil.virtual_memory().available
-    return min(available, _cgroup_headroom())
+    return min(available, cgroup_headroom())
 
 
-def _cgroup_headroom() -> int:
+def cgroup_headroom() -> int:
     """Bytes left under this process's own cgroup memory limit (a Slurm job's, say), cgroup v2
     or v1; unbounded without one."""
     unbounded = 1 << 62

@@ -20,8 +20,9 @@ from vmem.scoring import GENERATE, VERIFY, check_method, leading_run, score_batc
 def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
          prompt_len: int = 32, cont_len: int = 32, offset: int = 0, allow_eos: bool = False,
          sequences_per_step: int = pythia.SEQUENCES_PER_STEP, method: str = GENERATE,
-         tokenizer: str | None = None) -> str:
-    """The report text for `indices`; token ids always, decoded text when a tokenizer loads."""
+         tokenizer: str | None = None, engine=None) -> str:
+    """The report text for `indices`; token ids always, decoded text when a tokenizer loads.
+    `engine` lets a caller that already runs one for `engine_config` reuse it (and close it)."""
     check_method(method)
     for index in indices:
         if not 0 <= index < dataset.num_sequences:
@@ -31,7 +32,10 @@ def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
     rows = np.stack([dataset.read(i, i + 1)[0] for i in indices]).astype(np.int64)
     prompts = rows[:, offset:offset + prompt_len]
     truth = rows[:, offset + prompt_len:offset + prompt_len + cont_len]
-    engine = build_engine(dataclasses.replace(engine_config, max_len=prompt_len + cont_len + 1))
+    own = engine is None
+    if own:
+        engine = build_engine(dataclasses.replace(engine_config,
+                                                  max_len=prompt_len + cont_len + 1))
     try:
         if method == VERIFY:
             # With log-probs every position is computed, also past the first mismatch.
@@ -42,7 +46,8 @@ def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
             shown, label = engine.generate(prompts, cont_len, allow_eos), "generated"
             matches, prefix = score_batch(shown, truth)
     finally:
-        engine.close()
+        if own:
+            engine.close()
     decode = _decoder(tokenizer or engine_config.model)
     blocks = []
     for k, index in enumerate(indices):

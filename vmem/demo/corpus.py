@@ -21,7 +21,6 @@ import numpy as np
 from vmem.io import mmidx
 
 EOS_TOKEN = "<|endoftext|>"  # id 0, as in GPT-NeoX's tokenizer
-OPENING = 64  # tokens of a sequence that memorization looks at (32 prompt + 32 continuation)
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,6 @@ class Corpus:
     tokenizer: object  # tokenizers.Tokenizer
     rows: np.ndarray  # uint16 (sequences, seq_len): the corpus cut in order, one epoch
     order: np.ndarray  # int64: stored sequence i is rows[order[i]]
-    opening_counts: np.ndarray  # int64 per stored sequence: occurrences of its opening
 
 
 def stdlib_modules() -> list[Path]:
@@ -107,22 +105,13 @@ def build_corpus(cfg: CorpusConfig) -> Corpus:
     rows = stream[:n * cfg.seq_len].reshape(n, cfg.seq_len)
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(n) for _ in range(cfg.epochs)])
-    return Corpus(tokenizer, rows, order, opening_counts(stream, rows)[order])
-
-
-def opening_counts(stream: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """For each row, how many times its first OPENING tokens occur anywhere in the token stream
-    (the corpus text, documents joined, before it was cut): the row's duplication."""
-    windows = np.lib.stride_tricks.sliding_window_view(stream, OPENING)
-    as_bytes = np.dtype((np.void, OPENING * stream.itemsize))  # one comparable value per window
-    unique, counts = np.unique(np.ascontiguousarray(windows).view(as_bytes).ravel(),
-                               return_counts=True)
-    openings = np.ascontiguousarray(rows[:, :OPENING]).view(as_bytes).ravel()
-    return counts[np.searchsorted(unique, openings)].astype(np.int64)
+    return Corpus(tokenizer, rows, order)
 
 
 def write_corpus(corpus: Corpus, folder: Path, shards: int) -> list[str]:
     """The stored epochs in Pythia's published layout: document-0000K-of-0000M.bin + .idx."""
     stored = corpus.rows[corpus.order]
-    shard_bytes = -(-stored.nbytes // shards)  # byte-wise pieces: boundaries fall mid-sequence
+    # Byte-wise pieces of whole tokens, as Pythia's: boundaries fall mid-sequence.
+    tokens = -(-stored.size // shards)
+    shard_bytes = tokens * stored.itemsize
     return mmidx.write_sharded(folder, stored, shard_bytes)

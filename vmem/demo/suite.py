@@ -4,16 +4,15 @@ Each model reads the dataset in its stored order, a fixed number of sequences pe
 did, and is saved at several steps as `SIZE/stepN/` (fp32 safetensors + the corpus's tokenizer), so
 every checkpoint is an ordinary local model folder for `vmem evaluate` and `vmem spot`. Training
 is seeded and runs on one thread per model, so it gives the same weights on every run; sizes
-train in parallel processes, one per core.
+train in parallel processes (the caller's pool, one worker per core).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,18 +52,18 @@ def checkpoint_dir(models: Path, size: str, step: int) -> Path:
     return models / size / f"step{step}"
 
 
-def train_suite(sizes: list[str], training: Training, models: Path) -> None:
-    """Train every size whose last checkpoint is missing, the largest first, one per core."""
-    todo = [s for s in sorted(sizes, key=lambda s: -SHAPES[s].non_embedding_params())
-            if not (checkpoint_dir(models, s, training.checkpoints[-1]) / "config.json").exists()]
-    for size in sorted(set(sizes) - set(todo)):
-        print(f"  {size}: already trained", flush=True)
-    if not todo:
-        return
-    workers = max(1, min(len(todo), os.cpu_count() or 1))
-    with ProcessPoolExecutor(workers) as pool:
-        for future in [pool.submit(train_model, SHAPES[s], training, models) for s in todo]:
-            future.result()
+def train_suite(sizes: list[str], training: Training, models: Path,
+                pool: Executor) -> dict[str, Future | None]:
+    """Submit to `pool` (one worker per core) the training of every size whose last checkpoint is
+    missing, the largest first; per size its training's future, None where already trained."""
+    trained: dict[str, Future | None] = {}
+    for size in sorted(sizes, key=lambda s: -SHAPES[s].non_embedding_params()):
+        if (checkpoint_dir(models, size, training.checkpoints[-1]) / "config.json").exists():
+            print(f"  {size}: already trained", flush=True)
+            trained[size] = None
+        else:
+            trained[size] = pool.submit(train_model, SHAPES[size], training, models)
+    return trained
 
 
 def neox_config(shape: Shape, vocab: int, seq_len: int):

@@ -128,6 +128,9 @@ def predictability_table(comparisons: list[Comparison]) -> pd.DataFrame:
     return _frame(rows, ["cheap_step", "cheap_params", "target_step"], columns)
 
 
+MIN_R2_POINTS = 3  # fewer points fit a line exactly: their R² would be 1 whatever the data
+
+
 @dataclass(frozen=True)
 class PowerLaw:
     """y ≈ coefficient · x ** exponent, fitted by least squares in log-log space."""
@@ -142,7 +145,8 @@ class PowerLaw:
 
 
 def fit_power_law(x: np.ndarray, y: np.ndarray) -> PowerLaw | None:
-    """Fit over the points with x > 0 and y > 0; None if fewer than two distinct x remain."""
+    """Fit over the points with x > 0 and y > 0; None if fewer than two distinct x remain. R² is
+    NaN below MIN_R2_POINTS points (a line through two points fits them exactly)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     lx, ly = np.log10(x[keep]), np.log10(y[keep])
@@ -151,8 +155,9 @@ def fit_power_law(x: np.ndarray, y: np.ndarray) -> PowerLaw | None:
     exponent, intercept = np.polyfit(lx, ly, 1)
     residual = np.sum((ly - (exponent * lx + intercept)) ** 2)
     total = np.sum((ly - ly.mean()) ** 2)
-    return PowerLaw(float(exponent), float(10.0 ** intercept),
-                    float(1.0 - residual / total) if total > 0 else math.nan, int(keep.sum()))
+    points = int(keep.sum())
+    r2 = 1.0 - residual / total if total > 0 and points >= MIN_R2_POINTS else math.nan
+    return PowerLaw(float(exponent), float(10.0 ** intercept), float(r2), points)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """`vmem export-memorized`: one merged run's memorized sequences with their first tokens, as
-parquet rows `index,tokens`."""
+parquet rows `index,tokens`, and the caller's further columns (with --duplicates: `count`,
+`category`, see `taxonomy.export_columns`)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def check_output(out: Path) -> None:
         raise VmemError(f"{out}: -o must name a .parquet file")
 
 
-def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Path) -> int:
-    """Write the run's memorized sequences with their first `tokens` tokens to `out` (see
-    check_output); returns how many."""
+def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Path,
+                     columns: dict[str, pa.Array] | None = None) -> int:
+    """Write the run's memorized sequences with their first `tokens` tokens, and `columns` (one
+    value per memorized sequence, in index order), to `out` (see check_output); returns how
+    many."""
     if not 1 <= tokens <= dataset.seq_len:
         raise VmemError(f"--tokens {tokens}: expected 1..{dataset.seq_len} (the sequence "
                         f"length of {dataset.location})")
@@ -38,21 +41,28 @@ def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Path) -> int:
         raise VmemError(f"{dataset.location}: has {dataset.num_sequences} sequences, but "
                         f"{run.table} has memorized index {memorized[-1]}; is it the run's "
                         f"dataset?")
-    write_memorized(dataset, memorized, tokens, out)
+    write_memorized(dataset, memorized, tokens, out, columns or {})
     return int(memorized.size)
 
 
-def write_memorized(dataset: Dataset, memorized: np.ndarray, tokens: int, out: Path) -> None:
-    """Rows (index, first `tokens` tokens), read in spans of nearby memorized sequences."""
-    schema = pa.schema([("index", pa.int64()), ("tokens", pa.list_(pa.int64()))])
+def write_memorized(dataset: Dataset, memorized: np.ndarray, tokens: int, out: Path,
+                    columns: dict[str, pa.Array]) -> None:
+    """Rows (index, first `tokens` tokens, `columns`), read in spans of nearby memorized
+    sequences."""
+    schema = pa.schema([("index", pa.int64()), ("tokens", pa.list_(pa.int64())),
+                        *((name, values.type) for name, values in columns.items())])
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        done = 0
         for group in np.array_split(memorized,
                                     max(1, math.ceil(memorized.size / ROWS_PER_GROUP))):
             rows = first_tokens(dataset, group, tokens)
             offsets = np.arange(0, rows.size + 1, tokens, dtype=np.int32)
             writer.write_table(pa.table(
-                [pa.array(group), pa.ListArray.from_arrays(offsets, rows.ravel())], schema=schema))
+                [pa.array(group), pa.ListArray.from_arrays(offsets, rows.ravel()),
+                 *(values.slice(done, group.size) for values in columns.values())],
+                schema=schema))
+            done += group.size
 
 
 def first_tokens(dataset: Dataset, indices: np.ndarray, tokens: int) -> np.ndarray:

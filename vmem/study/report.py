@@ -12,35 +12,58 @@ import pandas as pd
 
 from vmem import pythia
 from vmem.errors import VmemError
-from vmem.study import analysis, extraction, figures, forgetting, integrity
+from vmem.study import analysis, extraction, figures, forgetting, integrity, taxonomy
 from vmem.study.comparisons import FAMILIES, plan_comparisons, split_twins, without_final
 from vmem.study.document import Document
 from vmem.study.duplication import (
     Duplicates,
     duplication_figure,
     duplication_table,
+    rarity_figure,
+    rarity_table,
     read_duplicates,
 )
 from vmem.study.merged_runs import Run, load_runs
+from vmem.study.taxonomy import RECITATION_THRESHOLD, Sequences
 
 
 def report(folders: Sequence[str], out: Path, *, duplicates: str | None = None,
+           tokenizer: str | None = None, data: str | None = None,
+           recitation_threshold: int = RECITATION_THRESHOLD,
            s3_endpoint: str | None = None) -> list[Run]:
-    """The report of the merged runs anywhere under `folders` (local or s3://) into `out`, with
-    the memorized share by duplication when a `duplicates` table (index,count) is given."""
+    """The report of the merged runs anywhere under `folders` (local or s3://) into `out`; with
+    a `duplicates` table the memorized share by duplication and the taxonomy, whose
+    reconstruction category and examples need a `tokenizer` (and the sequences' tokens: `data`,
+    else each run's recorded dataset)."""
     _check_report_folder(out)
+    taxonomy.check_threshold(recitation_threshold)
+    if tokenizer is not None and duplicates is None:
+        raise VmemError("--tokenizer: the taxonomy and its examples need counts; give "
+                        "--duplicates too")
+    if data is not None and tokenizer is None:
+        raise VmemError("--data: the sequences' tokens are read for templating and examples, "
+                        "which need --tokenizer")
+    sequences = None
+    if tokenizer is not None:
+        from vmem.data import open_dataset
+
+        sequences = Sequences(taxonomy.load_tokenizer(tokenizer),
+                              None if data is None else open_dataset(data,
+                                                                     s3_endpoint=s3_endpoint),
+                              s3_endpoint=s3_endpoint)
     counts = None if duplicates is None else read_duplicates(duplicates, s3_endpoint=s3_endpoint)
     runs = load_runs(folders, s3_endpoint=s3_endpoint)
-    write_report(runs, ", ".join(folders), out, counts)
+    write_report(runs, ", ".join(folders), out, counts, sequences, recitation_threshold)
     return runs
 
 
 def write_report(runs: list[Run], results: str, out: Path,
-                 duplicates: Duplicates | None = None) -> None:
+                 duplicates: Duplicates | None = None, sequences: Sequences | None = None,
+                 recitation_threshold: int = RECITATION_THRESHOLD) -> None:
     """Compute everything first (a bad input fails before anything is written), then write the
     report into a temporary folder beside `out` and rename it into place."""
     runs = sorted(runs, key=lambda r: (r.suite, r.params or 0, r.step or 0, r.name))
-    tables, fits, notes = _tables(runs, results, duplicates)
+    tables, fits, notes = _tables(runs, results, duplicates, sequences, recitation_threshold)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     umask = os.umask(0)
@@ -52,7 +75,7 @@ def write_report(runs: list[Run], results: str, out: Path,
         for name, table in tables.items():
             table.to_csv(tmp / "tables" / f"{name}.csv", index=False, float_format="%.10g",
                          lineterminator="\n")
-        drawn = _figures(tables, fits, tmp / "figures")
+        drawn = _figures(runs, tables, fits, tmp / "figures")
         document = _document(runs, results, tables, drawn, notes)
         (tmp / "report.md").write_text(document.markdown(), encoding="utf-8")
         (tmp / "report.html").write_text(document.html(tmp), encoding="utf-8")
@@ -62,7 +85,8 @@ def write_report(runs: list[Run], results: str, out: Path,
         raise
 
 
-def _tables(runs: list[Run], results: str, duplicates: Duplicates | None
+def _tables(runs: list[Run], results: str, duplicates: Duplicates | None,
+            sequences: Sequences | None, recitation_threshold: int
             ) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     """The tables by name, the compute fits, and notes for the text (by section)."""
     # The fractional score exists for generation runs only; verification runs have the flag.
@@ -98,11 +122,19 @@ def _tables(runs: list[Run], results: str, duplicates: Duplicates | None
     notes = {"without_final": without_final(standing)}
     if duplicates is not None:
         tables["duplication"], notes["unlisted"] = duplication_table(runs, duplicates)
-        notes["duplicates"] = duplicates.source
+        notes["duplicates"] = duplicates
+        if duplicates.frequencies is not None:
+            tables["token_rarity"] = rarity_table(runs, duplicates)
+        classified = taxonomy.classify(runs, duplicates, sequences, recitation_threshold)
+        tables["taxonomy"] = taxonomy.taxonomy_table(classified)
+        notes["taxonomy"] = dict(threshold=recitation_threshold, tokenizer=sequences is not None)
+        if sequences is not None:
+            tables["examples"] = taxonomy.examples_table(classified, sequences)
     return tables, fits, notes
 
 
-def _figures(tables: dict[str, pd.DataFrame], fits: dict, folder: Path) -> dict[str, str]:
+def _figures(runs: list[Run], tables: dict[str, pd.DataFrame], fits: dict,
+             folder: Path) -> dict[str, str]:
     """Draw what the tables support; returns figure name → path relative to the report."""
     drawn = {}
 
@@ -130,6 +162,10 @@ def _figures(tables: dict[str, pd.DataFrame], fits: dict, folder: Path) -> dict[
         draw("extraction_np", extraction.np_figure, tables["extraction_np"])
     if len(tables.get("duplication", ())):
         draw("duplication", duplication_figure, tables["duplication"])
+    if len(tables.get("token_rarity", ())):
+        draw("token_rarity", rarity_figure, tables["token_rarity"])
+    if len(tables.get("taxonomy", ())):
+        draw("taxonomy", taxonomy.taxonomy_figure, tables["taxonomy"], runs)
     return drawn
 
 
@@ -151,7 +187,8 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     if pairs:  # first: it voids comparisons everywhere below
         doc.paragraph("Warning: these runs claim different checkpoints but loaded identical "
                       "weights, so comparisons between them (family B in particular) are "
-                      "meaningless; they stay in every table (section 9):")
+                      "meaningless; they stay in every table "
+                      f"({doc.ref('Checkpoint integrity')}):")
         doc.bullets([integrity.describe_pair(a, b) for a, b in pairs])
 
     doc.heading("What was evaluated")
@@ -167,12 +204,12 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     doc.heading("Headline numbers")
     doc.bullets(_headlines(tables))
 
-    doc.heading("1. Memorized share per run")
+    doc.section("Memorized share per run")
     doc.table(_show(rates[["run", "model", "step", "params", "evaluated", "memorized", "share"]]))
     doc.figure(drawn["memorization_rates"], "Share of evaluated sequences with score 1, per run.")
 
     flags_only = [r.name for r in runs if r.matches is None]
-    doc.heading("2. Score distribution")
+    doc.section("Score distribution")
     if "score_distribution" in drawn:
         doc.paragraph("Most sequences score low; the share of each possible score value is "
                       "plotted on a log scale, as in the paper. All values: "
@@ -182,7 +219,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
                    "Share of sequences at each score value (log scale).")
     _needs_generation(doc, flags_only)
 
-    doc.heading("3. Predictability from cheaper runs")
+    doc.section("Predictability from cheaper runs")
     doc.paragraph("'Memorized by the cheap run' used as a classifier of 'memorized by the target "
                   f"run'. Family A: {FAMILIES['A']}. Family B: {FAMILIES['B']}.")
     if len(pred):
@@ -197,11 +234,12 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
                       f"but not the final one (step{pythia.FINAL_STEP}), the target they "
                       f"predict.")
 
-    doc.heading("4. Recall against the cheap run's training compute")
+    doc.section("Recall against the cheap run's training compute")
     doc.paragraph("Compute ≈ 6 · parameters · tokens seen (Pythia: step · 1024 · 2048 tokens). "
                   "A power law recall = coefficient · compute^exponent is fitted per family and "
                   "target; the equi-compute table evaluates both families' fits of the same "
-                  "target at the same compute.")
+                  "target at the same compute. R² is given for fits to 3 or more points: a "
+                  "line through 2 points fits them exactly, so its R² of 1 says nothing.")
     if "recall_vs_compute" in drawn:
         if len(tables["compute_fit"]):
             doc.table(_show(tables["compute_fit"]))
@@ -211,7 +249,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     else:
         doc.paragraph("No comparison with a known compute (parameters and step of the cheap run).")
 
-    doc.heading("5. Memorization score against training step")
+    doc.section("Memorization score against training step")
     if "score_by_step" in drawn:
         doc.paragraph("Mean score of the sequences seen in each group of training steps; the "
                       "slope is a least-squares line over all of a run's sequences.")
@@ -222,14 +260,14 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     _needs_generation(doc, flags_only)
 
     if "logprob" in drawn:
-        doc.heading("6. Continuation log-probability")
+        doc.section("Continuation log-probability")
         doc.paragraph("Teacher-forced log-probability of the true continuation (runs evaluated "
                       "with --logprobs), memorized vs other sequences.")
         doc.table(_show(tables["logprob_summary"]))
         doc.figure(drawn["logprob"], "Distribution of the continuation's log-probability.")
 
     if "prompt_length" in drawn:
-        doc.heading("7. Extraction against prompt length")
+        doc.section("Extraction against prompt length")
         doc.paragraph("Verification runs over several prompt lengths (at one offset): the share "
                       "of sequences whose continuation greedy decoding reproduces exactly, per "
                       "prompt length, all from one teacher-forced pass per sequence.")
@@ -238,7 +276,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         doc.figure(drawn["prompt_length"], "Memorized share against prompt length.")
 
     if "method_agreement" in tables:
-        doc.heading("8. Agreement between methods")
+        doc.section("Agreement between methods")
         doc.paragraph("The same model and checkpoint evaluated by several methods, on the "
                       "sequences both runs have seen; the reference is the run that stands for "
                       "the checkpoint in the comparisons (generation, else verification, else "
@@ -249,7 +287,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
                       "generation).")
         doc.table(_show(tables["method_agreement"]))
 
-    doc.heading("9. Checkpoint integrity")
+    doc.section("Checkpoint integrity")
     doc.paragraph(integrity.summary(runs, pairs) + " The SHA-256 shows its first 12 hex digits; "
                   "all 64 are in `tables/weights.csv`.")
     weights = tables["weights"]
@@ -263,6 +301,9 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         _approximate_section(doc, tables)
     if "duplication" in tables:
         _duplication_section(doc, tables, drawn, notes)
+        _taxonomy_section(doc, tables, drawn, notes)
+    if len(tables.get("examples", ())):
+        _examples_section(doc, tables)
 
     doc.heading("Files")
     doc.bullets([f"`tables/{name}.csv`" for name in tables]
@@ -272,7 +313,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
 
 def _forgetting_section(doc: Document, tables: dict[str, pd.DataFrame],
                         drawn: dict[str, str]) -> None:
-    doc.heading("10. Forgetting between checkpoints")
+    doc.section("Forgetting between checkpoints")
     doc.paragraph("Consecutive checkpoints of each model, on the sequences both have evaluated "
                   "and the earlier one had already trained on: memorized at both (kept), at the "
                   "earlier only (forgotten), at the later only (new), at neither (never).")
@@ -287,7 +328,7 @@ def _forgetting_section(doc: Document, tables: dict[str, pd.DataFrame],
 
 
 def _np_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dict[str, str]) -> None:
-    doc.heading("11. Probabilistic extraction")
+    doc.section("Probabilistic extraction")
     doc.paragraph("Runs with the continuation's log-probability: p_z = exp(cont_logprob) is the "
                   "chance that one sampled continuation is the true one; a sequence is "
                   "(n, p)-extractable when n samples find it with probability 1 − (1 − p_z)^n ≥ p "
@@ -301,7 +342,7 @@ def _np_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dict[str,
 
 
 def _approximate_section(doc: Document, tables: dict[str, pd.DataFrame]) -> None:
-    doc.heading("12. Approximate memorization")
+    doc.section("Approximate memorization")
     doc.paragraph("Generation runs: the edit similarity of the greedy continuation to the truth, "
                   "1 − token-level Levenshtein distance / continuation length (Ippolito et al. "
                   "2022), and the share of sequences above 0.9 and 0.75, beside exact "
@@ -311,11 +352,12 @@ def _approximate_section(doc: Document, tables: dict[str, pd.DataFrame]) -> None
 
 def _duplication_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dict[str, str],
                          notes: dict) -> None:
-    doc.heading("13. Memorization against duplication")
+    duplicates = notes["duplicates"]
+    doc.section("Memorization against duplication")
     unlisted = {run: n for run, n in notes["unlisted"].items() if n}
-    doc.paragraph(f"How often each sequence occurs in the training data, from "
-                  f"`{notes['duplicates']}` (index,count), in buckets by powers of two. All "
-                  f"values: `tables/duplication.csv`."
+    doc.paragraph(f"How often each sequence's continuation occurs in the training data, from "
+                  f"`{duplicates.source}` ({duplicates.layout}), in buckets by powers of two. "
+                  f"All values: `tables/duplication.csv`."
                   + (" Sequences the table does not list are left out: "
                      + ", ".join(f"{run} {_int(n)}" for run, n in unlisted.items()) + "."
                      if unlisted else ""))
@@ -325,6 +367,61 @@ def _duplication_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: 
         doc.figure(drawn["duplication"], "Memorized share by the sequence's occurrences.")
     else:
         doc.paragraph("The table lists none of the evaluated sequences.")
+    if "token_rarity" in tables:
+        doc.paragraph("Against token rarity: the corpus frequency of the continuation's rarest "
+                      "token (`freq_min`), in buckets by powers of ten. All values: "
+                      "`tables/token_rarity.csv`.")
+        rarity = tables["token_rarity"]
+        if len(rarity):
+            doc.table(_show(rarity[["run", "rarest_token_frequency", "sequences", "memorized",
+                                    "share"]]))
+            doc.figure(drawn["token_rarity"], "Memorized share by the rarest token's frequency.")
+    else:
+        doc.paragraph("No token rarity: the table has no token-frequency columns "
+                      "(freq_min, freq_median, freq_max: `vmem duplicates` writes them).")
+
+
+def _taxonomy_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dict[str, str],
+                      notes: dict) -> None:
+    threshold, tokenizer = notes["taxonomy"]["threshold"], notes["taxonomy"]["tokenizer"]
+    doc.section("Why it was memorized: recitation, reconstruction, recollection")
+    doc.paragraph(
+        f"Each memorized sequence, in this order (Prashanth et al. 2024): recitation if its "
+        f"continuation occurs at least {threshold} times in the training data "
+        f"(`--recitation-threshold`), else reconstruction if its text is templated "
+        f"(incrementing or repeating, the rules of EleutherAI/semantic-memorization), else "
+        f"recollection. A count includes every epoch: data seen E times gives each sequence a "
+        f"count of at least E, so with several epochs recitation takes in sequences stored only "
+        f"once (Pythia saw its data about once, 1.5 times for the deduped models). Memorized "
+        f"sequences the table does not list are unlisted. All values: `tables/taxonomy.csv`.")
+    if not tokenizer:
+        doc.paragraph("No reconstruction category: templating is decided on the text, which "
+                      "needs `--tokenizer`; shown are recitation and the rest (not recitation).")
+    table = tables["taxonomy"]
+    if not len(table):
+        doc.paragraph("No run has memorized sequences the table lists.")
+        return
+    wide = table.pivot_table(index="run", columns="category", values="sequences", sort=False)
+    shares = table.pivot_table(index="run", columns="category", values="share", sort=False)
+    shown = pd.DataFrame({"run": wide.index})
+    for category in wide.columns:
+        shown[category] = [f"{_int(n)} ({_pct(v)})" for n, v in
+                           zip(wide[category], shares[category], strict=True)]
+    doc.table(shown)
+    doc.figure(drawn["taxonomy"], "Memorized sequences per category against model size and "
+                                  "against checkpoint.")
+
+
+def _examples_section(doc: Document, tables: dict[str, pd.DataFrame]) -> None:
+    doc.section("Examples of memorized sequences")
+    doc.paragraph("A few memorized sequences of each run and category, decoded: the prompt, "
+                  "then `|`, then the continuation the model reproduced. ↵ marks a newline, → a "
+                  "tab. All: `tables/examples.csv`.")
+    for run, rows in tables["examples"].groupby("run", sort=False):
+        doc.paragraph(f"`{run}`")
+        doc.examples([(f"{row['category']} · index {row['index']:,}"
+                       + ("" if pd.isna(row["count"]) else f" · count {row['count']:,}"),
+                       row["prompt"], row["continuation"]) for row in rows.to_dict("records")])
 
 
 def _needs_generation(doc: Document, flags_only: list[str]) -> None:
@@ -347,8 +444,10 @@ def _headlines(tables: dict[str, pd.DataFrame]) -> list[str]:
                      f"precision {_num(rows['precision'].mean())}, mean recall "
                      f"{_num(rows['recall'].mean())}.")
     for row in tables["compute_fit"].itertuples():
+        quality = (f"R² {_num(row.r2)}" if row.points >= analysis.MIN_R2_POINTS
+                   else f"R² needs {analysis.MIN_R2_POINTS} or more points")
         lines.append(f"Family {row.family} → {row.target}: recall ∝ compute^{row.exponent:.3f} "
-                     f"(R² {_num(row.r2)}, {row.points} points).")
+                     f"({quality}, {row.points} points).")
     for target, rows in tables["equi_compute"].groupby("target", sort=True):
         inside = rows[rows["within"]]
         where = "compute points both fits cover"
