@@ -117,6 +117,11 @@ def plan_index(dataset: Dataset, cont_len: int) -> dict:
             "cont_len": cont_len if overlap else None, "overlap": overlap, "parts": parts}
 
 
+def _itemsize(manifest: dict) -> int:
+    """Bytes per token of the index's token files (uint16 or uint32, from its vocabulary)."""
+    return 2 if manifest["vocab"] == VOCAB["uint16"] else 4
+
+
 def _copied(part: dict) -> bool:
     return not os.path.isabs(part["tokens"])
 
@@ -165,7 +170,7 @@ def _built(index: str, manifest: dict, k: int) -> bool:
         return False
     part = manifest["parts"][k]
     tokens = part["stop"] - part["start"]
-    itemsize = 2 if manifest["vocab"] == VOCAB["uint16"] else 4
+    itemsize = _itemsize(manifest)
     expected = [(os.path.join(index, _part_name(k, "table")), tokens * TABLE_BYTES),
                 (os.path.join(index, _part_name(k, "counts.npy")), None)]
     if _copied(part):
@@ -204,7 +209,7 @@ def build_index(dataset: Dataset, index: str, cont_len: int, *, part: int | None
 
 
 def _check_space(index: str, manifest: dict, todo: list[int]) -> None:
-    itemsize = 2 if manifest["vocab"] == VOCAB["uint16"] else 4
+    itemsize = _itemsize(manifest)
     parts = [manifest["parts"][k] for k in todo]
     tokens = sum(p["stop"] - p["start"] for p in parts)
     copies = sum((p["stop"] - p["start"]) * itemsize for p in parts if _copied(p))
