@@ -6,7 +6,9 @@
 #   CHECKPOINT  scores [0, CHECKPOINT*1024) at revision stepCHECKPOINT (default 143000)
 #   REVISION  hub revision (default step$CHECKPOINT)
 #   START/STOP  an index range instead of CHECKPOINT's
-#   DATA      dataset: local prefix/folder or s3:// URL
+#   DATA      dataset, local or s3://: Pythia's folder DIR (document-000NN-of-00020.bin + document.idx)
+#             as DIR, DIR/document or DIR/document.idx alike; a merged PREFIX; a FILE.npy
+#             (default /path/to/pythia/pile-deduped/document)
 #   OUT       run folder: local or s3://bucket/prefix  (default runs/MODEL-stepCHECKPOINT)
 #   VMEM      the vmem executable                    (default: the repository's .venv)
 #   VMEM_ARGS extra `vmem evaluate` arguments, e.g. "--num-tasks 32" so that --array=5,17 reruns

@@ -22,7 +22,8 @@ released lists of memorized sequences join a report through `vmem import-release
 
 def _add_data_source(p: argparse.ArgumentParser, *, dtype_alias: bool = False) -> None:
     p.add_argument("--seq-len", type=int, default=None,
-                   help="read PATH as a headerless raw .bin of rows this long (Pythia: 2049)")
+                   help="read PATH as a headerless raw .bin of rows this long (Pythia: 2049); "
+                        "a .npy's header gives it (if given, they must agree)")
     # `vmem evaluate --dtype` is the model's dtype, so the token dtype has its own name there.
     flags = ["--data-dtype", "--dtype"] if dtype_alias else ["--data-dtype"]
     p.add_argument(*flags, dest="data_dtype", default=None,

@@ -1,13 +1,14 @@
-"""Token datasets (merged, sharded, raw; local or S3), step ↔ index arithmetic, prefetched batches.
+"""Token datasets (merged, sharded, raw, .npy; local or S3), step ↔ index arithmetic, batches.
 
 Every layout is a byte stream of N fixed-length rows split over one or more files ("pieces"):
-a merged `.bin`, Pythia's published shards (a row may straddle two of them) or a headerless raw
-`.bin`. Local files are memory-mapped and S3 objects are read with byte-range GETs, so a read
-touches only the rows it asks for.
+a merged `.bin`, Pythia's published shards (a row may straddle two of them), a headerless raw
+`.bin` or the data of a `.npy` (after its header). Local files are memory-mapped and S3 objects
+are read with byte-range GETs, so a read touches only the rows it asks for.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections import deque
@@ -27,6 +28,7 @@ from vmem.pythia import SEQUENCES_PER_STEP
 RAW_SEQ_LEN = 2049  # Pythia's rows: 2048 inputs + 1 shifted target
 RAW_DTYPE = "uint16"
 DUMP_ROWS = 4096  # rows copied at a time by `vmem data dump`
+NPY_HEAD_BYTES = 16384  # a .npy's header is read in one request: numpy's limit is 10000 bytes
 
 _SHARD = re.compile(r"^(?P<name>.+)-(?P<number>\d{5})-of-(?P<last>\d{5})\.bin$")
 
@@ -36,13 +38,14 @@ _SHARD = re.compile(r"^(?P<name>.+)-(?P<number>\d{5})-of-(?P<last>\d{5})\.bin$")
 @dataclass(frozen=True)
 class _Piece:
     path: str
-    size: int
-    read: ReadBytes
+    size: int  # the bytes of rows it holds
+    read: ReadBytes  # byte ranges of the file
+    offset: int = 0  # where its rows start in the file (a .npy's header comes first)
 
 
 @dataclass(eq=False)
 class Dataset:
-    layout: str  # "merged" | "sharded" | "raw"
+    layout: str  # "merged" | "sharded" | "raw" | "npy"
     location: str
     files: list[str]
     num_sequences: int
@@ -64,7 +67,8 @@ class Dataset:
             raise VmemError(f"rows [{start}, {stop}) are outside {self.location}, which has "
                             f"{self.num_sequences} sequences")
         first, last = start * self._row_bytes, stop * self._row_bytes
-        parts = [piece.read(max(first, at) - at, min(last, at + piece.size) - at)
+        parts = [piece.read(piece.offset + max(first, at) - at,
+                            piece.offset + min(last, at + piece.size) - at)
                  for piece, at in zip(self.pieces, self._piece_starts, strict=False)
                  if at < last and first < at + piece.size]
         if not parts:
@@ -75,35 +79,64 @@ class Dataset:
 
 def open_dataset(path: str | os.PathLike, *, seq_len: int | None = None,
                  dtype: str | np.dtype | None = None, s3_endpoint: str | None = None) -> Dataset:
-    """Open a merged prefix (`P`, `P.bin`, `P.idx`), a shard, a folder of shards + `.idx`, or,
-    when `seq_len` or `dtype` is given, a headerless raw `.bin`; locally or at `s3://`."""
+    """Open a dataset, locally or at `s3://`: a `.npy` of rows (`seq_len` and `dtype`, if given,
+    must agree with its header); with `seq_len` or `dtype`, a headerless raw `.bin`; otherwise a
+    prefix `P` named as `P`, `P.idx`, `P.bin`, one of its shards `P-0000K-of-0000L.bin`, or the
+    folder holding it. Every name of a prefix opens the same dataset: merged where `P.bin` lies
+    beside `P.idx`, else its shards, read in place."""
     folder, name = split(path, s3_endpoint=s3_endpoint)
+    if name.endswith(".npy"):
+        return _open_npy(folder, name, seq_len, dtype)
     if seq_len is not None or dtype is not None:
         return _open_raw(folder, name, RAW_SEQ_LEN if seq_len is None else seq_len,
                          RAW_DTYPE if dtype is None else dtype)
     if name:
-        if shard := _SHARD.match(name):
-            return _open_sharded(folder, shard["name"], int(shard["last"]))
-        if name.endswith((".bin", ".idx")):
-            return _open_merged(folder, name[:-4])
         listing = folder.files()
-        if name + ".idx" in listing or name + ".bin" in listing:
-            return _open_merged(folder, name, listing)
+        if shard := _SHARD.match(name):
+            return _open_prefix(folder, shard["name"], listing, int(shard["last"]))
+        if name.endswith((".bin", ".idx")):
+            return _open_prefix(folder, name[:-4], listing)
+        if name + ".idx" in listing or name + ".bin" in listing or _shard_sets(listing, name):
+            return _open_prefix(folder, name, listing)
         folder = folder.child(name)
     inside = folder.files()  # a folder: one shard set, or one merged pair
-    sets = sorted({(m["name"], int(m["last"])) for m in map(_SHARD.match, inside) if m})
+    sets = _shard_sets(inside)
     if len(sets) > 1:
-        names = ", ".join(mmidx.shard_name(n, 0, last) for n, last in sets)
-        raise VmemError(f"{folder.url}: holds several shard sets ({names}); name one shard of "
-                        f"them")
+        raise _several_sets(folder, sets)
     if sets:
-        return _open_sharded(folder, *sets[0], inside)
+        return _open_prefix(folder, sets[0][0], inside)
     indexes = [n for n in inside if n.endswith(".idx")]
     if len(indexes) == 1:
-        return _open_merged(folder, indexes[0][:-4], inside)
-    raise VmemError(f"{folder.url}: no dataset found (expected PREFIX.bin + PREFIX.idx, a folder "
-                    f"of document-NNNNN-of-LLLLL.bin shards with document.idx, or --seq-len for a "
-                    f"headerless .bin)")
+        return _open_prefix(folder, indexes[0][:-4], inside)
+    raise VmemError(f"{folder.url}: no dataset found (expected PREFIX.idx beside PREFIX.bin or "
+                    f"beside its shards PREFIX-NNNNN-of-LLLLL.bin, e.g. Pythia's document.idx + "
+                    f"document-00000-of-00020.bin ...; a FILE.npy of rows; or a headerless .bin "
+                    f"with --seq-len)")
+
+
+def _shard_sets(listing: dict[str, int], name: str | None = None) -> list[tuple[str, int]]:
+    """(prefix, last shard number) of each shard set in `listing` (only `name`'s, if given)."""
+    return sorted({(m["name"], int(m["last"])) for m in map(_SHARD.match, listing)
+                   if m and name in (None, m["name"])})
+
+
+def _several_sets(folder: Location, sets: list[tuple[str, int]]) -> VmemError:
+    names = ", ".join(mmidx.shard_name(n, 0, last) for n, last in sets)
+    return VmemError(f"{folder.url}: holds several shard sets ({names}); name one shard of them")
+
+
+def _open_prefix(folder: Location, name: str, listing: dict[str, int],
+                 last: int | None = None) -> Dataset:
+    """The dataset of prefix `name` in `folder`: merged where `name.bin` exists, else the shard
+    set (the one numbered up to `last`, where a shard was named)."""
+    sets = _shard_sets(listing, name)
+    if name + ".bin" in listing or not (sets or last is not None):
+        return _open_merged(folder, name, listing, shards_beside=bool(sets))
+    if last is None:
+        if len(sets) > 1:
+            raise _several_sets(folder, sets)
+        last = sets[0][1]
+    return _open_sharded(folder, name, last, listing)
 
 
 def _read_index(folder: Location, name: str, size: int) -> mmidx.Index:
@@ -112,18 +145,25 @@ def _read_index(folder: Location, name: str, size: int) -> mmidx.Index:
                             every_entry=not folder.remote)
 
 
-def _open_merged(folder: Location, name: str, listing: dict[str, int] | None = None) -> Dataset:
-    listing = folder.files() if listing is None else listing
+def _open_merged(folder: Location, name: str, listing: dict[str, int],
+                 shards_beside: bool = False) -> Dataset:
     idx_name, bin_name = name + ".idx", name + ".bin"
     idx_path, bin_path = folder.join(idx_name), folder.join(bin_name)
-    for file, path in ((idx_name, idx_path), (bin_name, bin_path)):
-        if file not in listing:
-            raise VmemError(f"{path}: not found (a merged dataset is PREFIX.bin + PREFIX.idx; "
-                            f"for a headerless .bin give --seq-len)")
+    if idx_name not in listing:
+        raise VmemError(f"{idx_path}: not found (a dataset is PREFIX.idx beside PREFIX.bin or "
+                        f"beside its shards PREFIX-NNNNN-of-LLLLL.bin; for a headerless .bin "
+                        f"give --seq-len)")
+    if bin_name not in listing:
+        raise VmemError(f"{bin_path}: not found, nor shards {name}-NNNNN-of-LLLLL.bin beside "
+                        f"{idx_path} (a dataset is PREFIX.idx beside PREFIX.bin or beside its "
+                        f"shards)")
     index = _read_index(folder, idx_name, listing[idx_name])
     size = listing[bin_name]
     if size != index.data_bytes:
         hint = " (truncated download?)" if size < index.data_bytes else ""
+        if shards_beside:
+            hint += (f"; while {bin_name} exists it is read instead of the shards beside it: "
+                     f"complete or remove it")
         raise VmemError(f"{bin_path}: {size} bytes, but {idx_path} describes "
                         f"{index.num_sequences} sequences x {index.seq_len} tokens x "
                         f"{index.dtype.itemsize} bytes = {index.data_bytes} bytes{hint}")
@@ -132,9 +172,7 @@ def _open_merged(folder: Location, name: str, listing: dict[str, int] | None = N
                    [_Piece(bin_path, size, folder.reader(bin_name))])
 
 
-def _open_sharded(folder: Location, name: str, last: int,
-                  listing: dict[str, int] | None = None) -> Dataset:
-    listing = folder.files() if listing is None else listing
+def _open_sharded(folder: Location, name: str, last: int, listing: dict[str, int]) -> Dataset:
     idx_path = folder.join(name + ".idx")
     if name + ".idx" not in listing:
         raise VmemError(f"{idx_path}: not found (the shards {mmidx.shard_name(name, 0, last)} "
@@ -166,13 +204,19 @@ def _open_sharded(folder: Location, name: str, last: int,
                    [_Piece(folder.join(s), listing[s], folder.reader(s)) for s in shards])
 
 
-def _open_raw(folder: Location, name: str, seq_len: int, dtype: str | np.dtype) -> Dataset:
+def _token_dtype(dtype: str | np.dtype) -> np.dtype:
+    """--data-dtype as a numpy integer dtype (else one line)."""
     try:
         dtype = np.dtype(dtype)
     except TypeError:
         raise VmemError(f"--data-dtype {dtype}: not a numpy dtype name (e.g. uint16)") from None
     if dtype.kind not in "iu":
         raise VmemError(f"--data-dtype {dtype}: token ids need an integer dtype (e.g. uint16)")
+    return dtype
+
+
+def _open_raw(folder: Location, name: str, seq_len: int, dtype: str | np.dtype) -> Dataset:
+    dtype = _token_dtype(dtype)
     if seq_len <= 0:
         raise VmemError(f"--seq-len {seq_len}: must be a positive number of tokens")
     path = folder.join(name)
@@ -186,6 +230,62 @@ def _open_raw(folder: Location, name: str, seq_len: int, dtype: str | np.dtype) 
                         f"--data-dtype")
     return Dataset("raw", path, [path], size // row_bytes, seq_len, dtype,
                    [_Piece(path, size, folder.reader(name))])
+
+
+def _npy_header(read: ReadBytes, size: int, path: str) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) from the header of the .npy at `path`, parsed
+    by numpy from one byte-range read (numpy refuses headers longer than NPY_HEAD_BYTES holds)."""
+    header = io.BytesIO(read(0, min(size, NPY_HEAD_BYTES)).tobytes())
+    try:
+        version = np.lib.format.read_magic(header)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"format version {version[0]}.{version[1]}; vmem reads 1.0 and 2.0")
+        shape, fortran_order, dtype = readers[version](header)
+    except ValueError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
+        raise VmemError(f"{path}: not a readable .npy file ({reason})") from None
+    return shape, fortran_order, dtype, header.tell()
+
+
+def _open_npy(folder: Location, name: str, seq_len: int | None,
+              dtype: str | np.dtype | None) -> Dataset:
+    """A 2-D C-order integer array saved by numpy (`vmem data dump` writes them): its header gives
+    the rows, their length and dtype; its data is read in place like a raw .bin's."""
+    path = folder.join(name)
+    size = folder.files().get(name)
+    if size is None:
+        raise VmemError(f"{path}: not found (a .npy dataset is one file of rows, as "
+                        f"`vmem data dump` writes)")
+    if size == 0:
+        raise VmemError(f"{path}: not a readable .npy file (0 bytes)")
+    read = folder.reader(name)
+    shape, fortran_order, found, offset = _npy_header(read, size, path)
+    if len(shape) != 2 or 0 in shape:
+        raise VmemError(f"{path}: holds an array of shape {shape}; expected a non-empty 2-D "
+                        f"array of rows (sequences x tokens)")
+    if found.kind not in "iu":
+        raise VmemError(f"{path}: holds {found} values; token ids need an integer dtype "
+                        f"(e.g. uint16)")
+    if fortran_order:
+        raise VmemError(f"{path}: holds a Fortran-order array; vmem reads rows in C order "
+                        f"(save np.ascontiguousarray(rows))")
+    num_sequences, row_len = shape
+    if seq_len is not None and seq_len != row_len:
+        raise VmemError(f"--seq-len {seq_len}: {path} holds rows of {row_len} tokens (its .npy "
+                        f"header says so); leave --seq-len out for a .npy")
+    if dtype is not None and _token_dtype(dtype).name != found.name:
+        raise VmemError(f"--data-dtype {np.dtype(dtype)}: {path} holds {found.name} tokens (its "
+                        f".npy header says so); leave --data-dtype out for a .npy")
+    data_bytes = num_sequences * row_len * found.itemsize
+    if offset + data_bytes != size:
+        hint = " (truncated download?)" if offset + data_bytes > size else ""
+        raise VmemError(f"{path}: {size} bytes, but its header describes {num_sequences} "
+                        f"sequences x {row_len} tokens x {found.itemsize} bytes = {data_bytes} "
+                        f"bytes after a {offset}-byte header{hint}")
+    return Dataset("npy", path, [path], num_sequences, row_len, found,
+                   [_Piece(path, data_bytes, read, offset)])
 
 
 # --- training steps ↔ sequence indices -----------------------------------------------------------

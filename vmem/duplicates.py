@@ -5,7 +5,7 @@ window → durable chunk files → one table.
 
 The stream is the concatenation of all rows of the dataset, in order; a window is counted at any
 alignment, its own occurrence included. The index is one suffix table per part of the stream:
-one part for a merged or raw dataset, one per shard of a sharded one. A part's tokens run on
+one part for a merged, raw or .npy dataset, one per shard of a sharded one. A part's tokens run on
 `cont_len - 1` tokens into the next part, so a window across a boundary lies whole in exactly
 one part (an overlap of n - 1 tokens holds no whole n-gram): the sum over parts is exact.
 
@@ -109,7 +109,9 @@ def plan_index(dataset: Dataset, cont_len: int) -> dict:
     for k, piece in enumerate(dataset.pieces):
         start = int(starts[k]) // itemsize
         stop = min(int(starts[k + 1]) // itemsize + overlap, total)
-        own = stop == int(starts[k + 1]) // itemsize and not is_s3(piece.path)
+        # tokengrams maps a local file of tokens alone (no .npy header) in place; else a copy.
+        own = (stop == int(starts[k + 1]) // itemsize and not is_s3(piece.path)
+               and piece.offset == 0)
         parts.append({"start": start, "stop": stop, "own_stop": int(starts[k + 1]) // itemsize,
                       "tokens": os.path.abspath(piece.path) if own else _part_name(k, "tokens")})
     data = dict(manifest_entry(dataset), file_sizes=sizes)
