@@ -23,6 +23,7 @@ import pytest
 
 from tests.cli import cli_error
 from tests.models import NUM_SEQUENCES, SEQ_LEN
+from tests.test_slurm import ON_TEST_NODE, REPO, VMEM, job_logs
 from vmem.cli import main
 from vmem.data import open_dataset
 from vmem.errors import VmemError
@@ -344,10 +345,6 @@ def test_bad_npy_files_are_one_line(tmp_path, capsys):
 
 # --- launch/array.sbatch under Slurm ------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
-VMEM = REPO / ".venv" / "bin" / "vmem"
-
-
 @pytest.mark.slow
 def test_array_sbatch_takes_the_published_paths(slurm_cluster, tiny_tokens, tiny_model_dir,
                                                 tmp_path):
@@ -372,13 +369,12 @@ def test_array_sbatch_takes_the_published_paths(slurm_cluster, tiny_tokens, tiny
                "START": "0", "STOP": str(stop),
                "VMEM_ARGS": f"--engine hf --dtype float32 --chunk-size {chunk}",
                "OMP_NUM_THREADS": "1"}
-        jobs[name] = slurm_cluster.sbatch(
-            "--array=0-1", f"--output={logs}/%A_%a.out", "--gres=none", "--cpus-per-task=1",
-            "--mem=1G", str(REPO / "launch" / "array.sbatch"), env=env)
+        jobs[name] = slurm_cluster.sbatch("--array=0-1", f"--output={logs}/%A_%a.out",
+                                          *ON_TEST_NODE, str(REPO / "launch" / "array.sbatch"),
+                                          env=env)
     for name, job in jobs.items():
         states = slurm_cluster.wait(job, timeout=600)
-        logs = "\n".join(p.read_text()[-2000:] for p in (tmp_path / f"logs-{name}").iterdir())
-        assert set(states.values()) == {"COMPLETED"}, logs
+        assert set(states.values()) == {"COMPLETED"}, job_logs(tmp_path / f"logs-{name}")
         out = tmp_path / f"run-{name}"
         assert {p.name: p.read_bytes() for p in out.glob("scores-*.csv")} == expected, name
         assert len(list((out / "tasks").iterdir())) == 2
