@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from tests.required import unavailable
 from vmem import hardware
 from vmem.engines import EngineConfig, build_engine
 from vmem.io import mmidx
@@ -90,7 +91,8 @@ def vllm_tp_engine(tiny_model_dir):
     core each (vmem binds them); shared like `vllm_engine`: it takes most of two minutes to
     start on a 2-core machine."""
     if not hardware.on_gpu() and len(hardware.cpu_cores()) < 2:
-        pytest.skip("tensor parallelism on CPU needs two cores this process may use")
+        unavailable("tensor parallelism on CPU needs two physical cores this process may use "
+                    "(here: hyperthreads of one core, or one CPU)")
     engine = build_engine(EngineConfig(tiny_model_dir, engine="vllm", dtype="float32", tp=2))
     yield engine
     engine.close()
