@@ -58,6 +58,18 @@ def train_to_memorize(rows: np.ndarray, folder, steps: int = 150, seed: int = 0)
     model.save_pretrained(folder)
 
 
+def reference_cont_logprobs(model_dir, tokens: np.ndarray, prompt_len: int,
+                            cont_len: int) -> np.ndarray:
+    """log P(true continuation | prompt) per row, from a plain transformers forward pass and
+    log_softmax: the reference vmem's engines are checked against, sharing no code with them."""
+    model = GPTNeoXForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.from_numpy(tokens[:, :prompt_len + cont_len].astype(np.int64))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, prompt_len - 1:-1].double()
+    picked = torch.log_softmax(logits, dim=-1).gather(2, ids[:, prompt_len:, None])
+    return picked.squeeze(2).sum(dim=1).numpy()
+
+
 @pytest.fixture(scope="session")
 def tiny_tokens() -> np.ndarray:
     return make_tokens()
