@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from tests.required import unavailable
 from vmem import hardware
 from vmem.engines import EngineConfig, build_engine
 from vmem.io import mmidx
@@ -57,6 +58,18 @@ def train_to_memorize(rows: np.ndarray, folder, steps: int = 150, seed: int = 0)
     model.save_pretrained(folder)
 
 
+def reference_cont_logprobs(model_dir, tokens: np.ndarray, prompt_len: int,
+                            cont_len: int) -> np.ndarray:
+    """log P(true continuation | prompt) per row, from a plain transformers forward pass and
+    log_softmax: the reference vmem's engines are checked against, sharing no code with them."""
+    model = GPTNeoXForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.from_numpy(tokens[:, :prompt_len + cont_len].astype(np.int64))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, prompt_len - 1:-1].double()
+    picked = torch.log_softmax(logits, dim=-1).gather(2, ids[:, prompt_len:, None])
+    return picked.squeeze(2).sum(dim=1).numpy()
+
+
 @pytest.fixture(scope="session")
 def tiny_tokens() -> np.ndarray:
     return make_tokens()
@@ -90,7 +103,8 @@ def vllm_tp_engine(tiny_model_dir):
     core each (vmem binds them); shared like `vllm_engine`: it takes most of two minutes to
     start on a 2-core machine."""
     if not hardware.on_gpu() and len(hardware.cpu_cores()) < 2:
-        pytest.skip("tensor parallelism on CPU needs two cores this process may use")
+        unavailable("tensor parallelism on CPU needs two physical cores this process may use "
+                    "(here: hyperthreads of one core, or one CPU)")
     engine = build_engine(EngineConfig(tiny_model_dir, engine="vllm", dtype="float32", tp=2))
     yield engine
     engine.close()

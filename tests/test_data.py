@@ -232,7 +232,7 @@ def test_resolve_range(merged):
 # --- the CLI -----------------------------------------------------------------------------------
 
 def test_info(sharded, capsys):
-    assert main(["data", "info", sharded, "--batch-size", "64"]) == 0
+    assert main(["data", "info", sharded, "--sequences-per-step", "64"]) == 0
     out = capsys.readouterr().out
     assert "sharded (23 shards)" in out and "sequences  300" in out and "seq_len    37" in out
     assert "dtype      uint16" in out
@@ -253,7 +253,7 @@ def test_dump_writes_exactly_the_rows(request, tmp_path, out_dir, rows, source):
     got = np.load(out)
     assert got.dtype == np.uint16
     np.testing.assert_array_equal(got, rows[13:277])
-    assert dump(path, *extra, "--step", "2", "--batch-size", "100", "-o", str(out)) == 0
+    assert dump(path, *extra, "--step", "2", "--sequences-per-step", "100", "-o", str(out)) == 0
     np.testing.assert_array_equal(np.load(out), rows[200:300])
     assert os.listdir(out_dir) == ["rows.npy"]
 
@@ -354,9 +354,9 @@ def test_bad_shard_set(sharded, out_dir, capsys, kind):
     (["--step", "3"], r"--step 3: selects \[3072, 4096\), outside .* \[0, 300\)"),
     (["--start", "0", "--stop", "1", "--sequences-per-step", "0", "--step", "0"],
      r"--sequences-per-step 0"),
-    # --batch-size is the flag's old name, kept as an alias.
-    (["--start", "0", "--stop", "1", "--batch-size", "0", "--step", "0"],
-     r"--sequences-per-step 0"),
+    # --batch-size was an alias of --sequences-per-step that users read as --chunk-size.
+    (["--step", "2", "--batch-size", "16"],
+     r"--batch-size: .* --sequences-per-step .* --chunk-size"),
 ])
 def test_bad_range(merged, out_dir, capsys, argv, message):
     assert dump(merged, *argv, "-o", str(out_dir / "x.npy")) == 2

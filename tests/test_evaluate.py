@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.cli import cli_error
-from tests.models import EOS_SEQUENCE, MEMORIZED, NUM_SEQUENCES
+from tests.models import EOS_SEQUENCE, MEMORIZED, NUM_SEQUENCES, reference_cont_logprobs
 from vmem.cli import build_parser, engine_config, main
 from vmem.engines import EngineConfig
 from vmem.errors import VmemError
@@ -108,16 +108,13 @@ def test_eos_in_the_continuation_blocks_a_perfect_score_only_in_paper_mode(
         assert manifest["settings"]["eos_mode"] == "allow"
 
 
-def test_logprobs_of_the_true_continuation(tmp_path, vllm_engine, hf_engine, tiny_model_dir,
+@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
+def test_logprobs_of_the_true_continuation(request, tmp_path, engine_name, tiny_model_dir,
                                            tiny_dataset, tiny_tokens):
-    rows = run(tmp_path, vllm_engine, tiny_model_dir, tiny_dataset, start=0, stop=64,
-               logprobs=True)
-    prompts = tiny_tokens[:64, :32].astype(np.int64)
-    truth = tiny_tokens[:64, 32:64].astype(np.int64)
-    _, token_logprobs = hf_engine.teacher_forced(np.concatenate([prompts, truth], axis=1), [32],
-                                                 False, True)
-    np.testing.assert_allclose(rows["cont_logprob"], token_logprobs.sum(axis=1), rtol=1e-4,
-                               atol=1e-3)
+    engine = request.getfixturevalue(f"{engine_name}_engine")
+    rows = run(tmp_path, engine, tiny_model_dir, tiny_dataset, start=0, stop=64, logprobs=True)
+    reference = reference_cont_logprobs(tiny_model_dir, tiny_tokens[:64], 32, 32)
+    np.testing.assert_allclose(rows["cont_logprob"], reference, rtol=1e-4, atol=1e-3)
     # A memorized continuation is near-certain; a random one is not.
     assert rows.loc[rows["score"] == 1.0, "cont_logprob"].min() > -1.0
     assert rows.loc[rows["index"] >= MEMORIZED, "cont_logprob"].max() < -50

@@ -5,7 +5,6 @@ The full disk is real: a 64 KiB tmpfs mounted for the test (root, as in CI).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli import cli_error
+from tests.required import unavailable
 from vmem.cli import main
 
 
@@ -23,9 +23,8 @@ def small_disk(tmp_path):
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs for the full-disk test: {done.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs for the full-disk test (needs root): "
+                    f"{done.stderr.strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)
 

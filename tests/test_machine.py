@@ -14,6 +14,7 @@ import sys
 import pytest
 from transformers import GPTNeoXConfig
 
+from tests.cli import cli_error
 from tests.models import tiny_config
 from vmem import hardware, pythia
 from vmem.cli import main
@@ -25,6 +26,7 @@ from vmem.engines import (
     GiB,
     choose_dtype,
     choose_engine,
+    gpu_rows_per_pass,
     kv_bytes_per_token,
     plan_cpu_kv_cache,
     weight_bytes,
@@ -193,3 +195,35 @@ def test_numa_memory_is_read_for_the_workers_node():
     node = hardware.worker_numa_node()
     available = hardware.numa_available_bytes(node)
     assert 0 < available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def test_tensor_parallelism_is_vllms(capsys, tmp_path, tiny_model_dir, tiny_dataset, cpu_only):
+    """--tp N > 1 under `auto` picks vLLM; with the transformers engine it is refused, before
+    anything is loaded or written, instead of being recorded and ignored."""
+    assert choose_engine("auto", tp=2).value == "vllm"
+    assert choose_engine("auto", tp=1).value == "hf"
+    out = tmp_path / "out"
+    err = cli_error(capsys, ["evaluate", "--model", tiny_model_dir, "--data", tiny_dataset,
+                             "--start", "0", "--stop", "8", "--out", str(out), "--engine", "hf",
+                             "--tp", "2"])
+    assert "--tp 2: the transformers engine (--engine hf)" in err and "--engine vllm" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_transformers_rows_per_pass_on_a_gpu_follow_its_free_memory(dtype):
+    """pythia-12b's KV cache alone is 2 (keys, values) x 36 layers x 5120 x 2 bytes per token
+    in float16: 1,024 rows of 65 tokens would not fit a 40 GB card after its 24 GB of weights."""
+    twelve_b = GPTNeoXConfig(**pythia.neox_config_kwargs("12b"))
+    seventy_m = GPTNeoXConfig(**pythia.neox_config_kwargs("70m"))
+    itemsize = 2 if dtype != "float32" else 4
+    free = 16 * GiB
+    rows = gpu_rows_per_pass(twelve_b, dtype, 65, free)
+    kv_per_row = 2 * 36 * 5120 * itemsize * 65
+    assert 1 <= rows < 1024 and rows * kv_per_row <= free
+    # More memory, more rows; a small model is bounded by the cap, not by memory.
+    assert gpu_rows_per_pass(twelve_b, dtype, 65, 2 * free) >= 2 * rows - 1
+    assert gpu_rows_per_pass(seventy_m, dtype, 65, 80 * GiB) == 1024
+    with pytest.raises(VmemError, match=r"--engine hf: one sequence of 65 tokens needs .* "
+                                        r"--engine vllm --tp N"):
+        gpu_rows_per_pass(twelve_b, dtype, 65, 1 << 20)

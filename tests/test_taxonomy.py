@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.cli import cli_error
+from tests.required import unavailable
 from tests.test_report import CONT_LEN, write_run
 from vmem.cli import main
 from vmem.demo.corpus import save_tokenizer, train_tokenizer
@@ -321,9 +321,7 @@ def chromium() -> str:
     found = shutil.which("chromium")
     if found is None:
         reason = ("chromium not installed (apt-get install chromium; .ci/run installs it)")
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason)
     return found
 
 

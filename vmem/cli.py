@@ -38,8 +38,12 @@ def _add_s3_endpoint(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sequences_per_step(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sequences-per-step", "--batch-size", type=int, default=1024,
+    p.add_argument("--sequences-per-step", type=int, default=1024,
                    help="sequences per training step (Pythia: 1024)")
+    # The flag's old name read as the inference batch (that is --chunk-size) and silently
+    # scored other sequences: it is refused by name (see `main`), never taken as either.
+    p.add_argument("--batch-size", dest="refused_batch_size", default=None,
+                   help=argparse.SUPPRESS)
 
 
 def _add_taxonomy(p: argparse.ArgumentParser) -> None:
@@ -395,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_libraries()
     try:
+        if getattr(args, "refused_batch_size", None) is not None:
+            raise VmemError("--batch-size: ambiguous, not accepted; give --sequences-per-step "
+                            "(sequences per training step: which sequences --step/--checkpoint "
+                            "select) or --chunk-size (sequences per engine call)")
         COMMANDS[args.command](args)
         return 0
     except VmemError as err:

@@ -80,13 +80,16 @@ def choose_dtype(dtype: str) -> Choice:
     return Choice("float32", f"{kind} CPU has no native bfloat16")
 
 
-def choose_engine(engine: str) -> Choice:
-    """`auto`: vLLM where a GPU is visible. On a CPU-only machine transformers: it starts in
-    seconds where vLLM's CPU build takes 20-100 s (torch.compile), and it scored as many or more
-    sequences per second on every CPU measured (bench/RESULTS.md): vLLM's CPU worker keeps a core
-    for its scheduler, and 64-token windows leave its paged KV cache little to win."""
+def choose_engine(engine: str, tp: int = 1) -> Choice:
+    """`auto`: vLLM where a GPU is visible, or where `tp` asks for tensor parallelism (only
+    vLLM has it). On a CPU-only machine transformers: it starts in seconds where vLLM's CPU
+    build takes 20-100 s (torch.compile), and it scored as many or more sequences per second on
+    every CPU measured (bench/RESULTS.md): vLLM's CPU worker keeps a core for its scheduler, and
+    64-token windows leave its paged KV cache little to win."""
     if engine != "auto":
         return Choice(engine, "--engine")
+    if tp > 1:
+        return Choice("vllm", f"--tp {tp}: tensor parallelism is vLLM's")
     if not hardware.on_gpu():
         return Choice("hf", "no GPU: transformers starts in seconds and is as fast as vLLM's CPU "
                             "build there")
@@ -101,7 +104,8 @@ def resolve(cfg: EngineConfig, recorded: dict | None = None) -> tuple[EngineConf
     tasks of one run agree wherever they run."""
     recorded = recorded or {}
     choices = {}
-    for name, choose in (("engine", choose_engine), ("dtype", choose_dtype)):
+    for name, choose in (("engine", lambda v: choose_engine(v, cfg.tp)),
+                         ("dtype", choose_dtype)):
         value = getattr(cfg, name)
         if value == "auto" and name in recorded:
             choices[name] = Choice(recorded[name], "as the run's manifest records")
@@ -165,6 +169,9 @@ def preflight(cfg: EngineConfig):
     """The cheap checks (engine installed, model found, tensor-parallel size) before anything
     is started or written; `cfg` as resolved by `resolve`. Returns the model's config."""
     check_installed(cfg.engine)
+    if cfg.engine == "hf" and cfg.tp != 1:
+        raise VmemError(f"--tp {cfg.tp}: the transformers engine (--engine hf) runs the model "
+                        f"on one device; tensor parallelism needs --engine vllm")
     model_config = load_model_config(cfg.model, cfg.revision, cfg.download_dir)
     check_tensor_parallel(cfg.tp, model_config)
     return model_config
@@ -498,6 +505,36 @@ def _token_prompts(rows: np.ndarray) -> list:
     return [TokensPrompt(prompt_token_ids=row) for row in rows.tolist()]
 
 
+CPU_ROWS_PER_PASS = 256
+GPU_MAX_ROWS_PER_PASS = 1024  # past this the matmuls are busy and the rows only cost memory
+GPU_FREE_SHARE = 0.8  # of the GPU's free memory: the rest is the allocator's and CUDA's slack
+
+
+def gpu_row_bytes(model_config, dtype: str, max_len: int) -> int:
+    """GPU memory one row of a transformers pass holds at its peak: the KV cache of `max_len`
+    tokens, the widest activation of a layer over them (the MLP's intermediate, plus the
+    residual stream), and one position's logits in `dtype` and as float32 for the argmax."""
+    h = model_config.hidden_size
+    intermediate = getattr(model_config, "intermediate_size", None) or 4 * h
+    activations = max_len * (intermediate + 4 * h) * ITEMSIZE[dtype]
+    logits = model_config.vocab_size * (ITEMSIZE[dtype] + 4)
+    return max_len * kv_bytes_per_token(model_config, dtype) + activations + logits
+
+
+def gpu_rows_per_pass(model_config, dtype: str, max_len: int, free_bytes: int) -> int:
+    """Rows per transformers pass on a GPU with `free_bytes` free once the weights are loaded:
+    as many as GPU_FREE_SHARE of it holds, at most GPU_MAX_ROWS_PER_PASS. A fixed count would
+    not do: one row of pythia-12b in float16 holds tens of MB of KV cache."""
+    row = gpu_row_bytes(model_config, dtype, max_len)
+    rows = int(free_bytes * GPU_FREE_SHARE) // row
+    if rows < 1:
+        raise VmemError(f"--engine hf: one sequence of {max_len} tokens needs "
+                        f"{row / 2**20:.0f} MiB of GPU memory in {dtype}, and "
+                        f"{free_bytes / GiB:.2f} GiB are free once the weights are loaded; use "
+                        f"--engine vllm --tp N to split the model over GPUs")
+    return min(rows, GPU_MAX_ROWS_PER_PASS)
+
+
 class HfEngine:
     """transformers with a KV cache: a plain greedy loop, the reference vLLM must equal."""
 
@@ -522,7 +559,11 @@ class HfEngine:
             reason = first_line(err)
             raise VmemError(f"model '{cfg.model}' cannot be loaded: {reason}") from None
         # Rows per forward pass: large enough to keep the matmuls busy, small enough for memory.
-        self.rows_per_pass = 256 if self.device == "cpu" else 1024
+        self.rows_per_pass = CPU_ROWS_PER_PASS
+        if self.device == "cuda":
+            free, _ = torch.cuda.mem_get_info()  # after the weights are loaded
+            self.rows_per_pass = gpu_rows_per_pass(self.model.config, self.dtype, cfg.max_len,
+                                                   free)
 
     def close(self) -> None:
         """Nothing runs beside the model: dropping it frees its memory now."""
