@@ -181,7 +181,11 @@ def test_a_report_folder_of_other_files_on_s3_is_refused(capsys, study, s3_serve
     err = cli_error(capsys, ["report", str(study), "-o", f"s3://{s3_bucket}/mine",
                              "--s3-endpoint", s3_server])
     assert "exists and is not a vmem report folder" in err
-    assert keys(s3_client, s3_bucket) == {"mine/notes.txt": b"mine"}
+    s3_client.put_object(Bucket=s3_bucket, Key="report.md", Body=b"mine")
+    err = cli_error(capsys, ["report", str(study), "-o", f"s3://{s3_bucket}",
+                             "--s3-endpoint", s3_server])
+    assert "expected s3://bucket/prefix (a report replaces its whole folder" in err
+    assert keys(s3_client, s3_bucket) == {"mine/notes.txt": b"mine", "report.md": b"mine"}
 
 
 def test_a_report_whose_upload_fails_leaves_nothing_on_s3(capsys, study, s3_server, s3_bucket,  # noqa: F811

@@ -60,6 +60,9 @@ def report(folders: Sequence[str], out: str | os.PathLike, *, duplicates: str | 
 def report_output(out: str | os.PathLike, *, s3_endpoint: str | None = None) -> Output:
     """The report's folder, checked: writable, and new, empty or an earlier report."""
     target = Output(out, s3_endpoint=s3_endpoint)
+    if target.remote and not target.name:
+        raise VmemError(f"-o {out}: expected s3://bucket/prefix (a report replaces its whole "
+                        f"folder, never a bucket)")
     target.check(folder=True)
     files = target.contents()
     if files and "report.md" not in files:
