@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -184,8 +185,8 @@ def test_s3_output_uploads_as_it_goes_resumes_from_s3_and_merges(
     assert merged["timing"]["tasks"] == 1 and merged["timing"]["sequences_scored"] == STOP
 
 
-def test_a_failed_upload_keeps_the_local_score_file_and_the_next_start_uploads_it(
-        tmp_path, s3_server, s3_client, s3_bucket, restricted_s3_user, hf_engine,
+def test_a_failed_upload_leaves_nothing_staged_and_the_next_start_scores_it_again(
+        capsys, tmp_path, s3_server, s3_client, s3_bucket, restricted_s3_user, hf_engine,
         tiny_model_dir, tiny_dataset, base_run, monkeypatch):
     url = f"s3://{s3_bucket}/runs/down"
     staging = tmp_path / "staging"
@@ -201,20 +202,20 @@ def test_a_failed_upload_keeps_the_local_score_file_and_the_next_start_uploads_i
     with pytest.raises(VmemError, match="denied"):
         evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
                             staging_dir=str(staging)), engine=hf_engine)
-    staged = list(staging.glob("scores-*.csv"))
-    assert len(staged) == 1  # the first score file, kept although its upload was refused
+    assert os.listdir(staging) == []  # S3 is the only record: nothing waits locally
 
     set_auth(s3_server, "inf")  # the same node, now allowed to upload
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-    evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
-                        staging_dir=str(staging)), engine=hf_engine)
+    assert evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
+                               staging_dir=str(staging)), engine=hf_engine)["scored_now"] == STOP
+    assert os.listdir(staging) == []
     merge_run(url, str(tmp_path / "m.parquet"), s3_endpoint=s3_server)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "m.parquet"), score_rows(base_run),
                                   check_dtype=False)
 
 
-def test_a_marker_whose_upload_failed_is_uploaded_by_the_next_start(
+def test_a_marker_whose_upload_failed_is_written_by_the_next_start(
         capsys, tmp_path, s3_server, s3_bucket, restricted_s3_user, hf_engine, tiny_model_dir,
         tiny_dataset, monkeypatch):
     url = f"s3://{s3_bucket}/runs/marker"
@@ -229,15 +230,17 @@ def test_a_marker_whose_upload_failed_is_uploaded_by_the_next_start(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", uploader[0])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", uploader[1])
     with pytest.raises(VmemError, match="denied"):
-        evaluate(ev, engine=hf_engine)  # every score file is up; the marker is only staged
+        evaluate(ev, engine=hf_engine)  # every score file is up; the marker is not
 
     set_auth(s3_server, "inf")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
     status = ["status", url, "--s3-endpoint", s3_server]
     assert main(status) == 0 and capsys.readouterr().out == "0\n"  # unfinished on S3
-    assert evaluate(ev, engine=hf_engine)["already_finished"]
+    # The score files on S3 cover the slice: the next start only writes the marker.
+    assert evaluate(ev, engine=hf_engine)["scored_now"] == 0
     assert main(status) == 0 and capsys.readouterr().out == ""
+    assert evaluate(ev, engine=hf_engine)["already_finished"]
 
 
 def test_data_parallel_engines_split_the_slice_and_merge_to_the_single_run(

@@ -177,7 +177,7 @@ def rewrite(path: Path, table: pa.Table) -> Path:
 
 
 @pytest.mark.parametrize("case", ["tokens differ", "too few tokens", "no index", "outside",
-                                  "twice", "step 0", "output is a file", "output on S3",
+                                  "twice", "step 0", "output is a file", "output not local nor S3",
                                   "missing", "not parquet", "data too short"])
 def test_refused_in_one_line_writing_nothing(capsys, tmp_path, released, data, case) -> None:
     out, extra, step = tmp_path / "results", ["--data", data], STEP
@@ -208,9 +208,9 @@ def test_refused_in_one_line_writing_nothing(capsys, tmp_path, released, data, c
     elif case == "output is a file":
         out.write_text("mine")
         source, expected = released, f"-o {out}: exists and is not a folder"
-    elif case == "output on S3":
-        source, expected = released, "-o s3://bucket/results: expected a local folder"
-        out = "s3://bucket/results"
+    elif case == "output not local nor S3":
+        source, expected = released, "-o gs://bucket/results: not a local path or an s3:// URL"
+        out = "gs://bucket/results"
     elif case == "missing":
         source, expected = tmp_path / "nothing.parquet", "no such file"
     elif case == "not parquet":
@@ -222,4 +222,4 @@ def test_refused_in_one_line_writing_nothing(capsys, tmp_path, released, data, c
     err = cli_error(capsys, import_list(source, out, *extra, step=step))
     assert expected in err
     assert out.read_text() == "mine" if case == "output is a file" else not Path(out).exists()
-    assert not Path("s3:").exists()  # no local folder named after the URL
+    assert not Path("gs:").exists()  # no local folder named after the URL

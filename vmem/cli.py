@@ -174,14 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("merge", parents=[common],
                         help="merge a run's score files into one table, checking coverage")
     mg.add_argument("run", help="run folder or s3://bucket/prefix")
-    mg.add_argument("-o", "--output", required=True, help="FILE.parquet or FILE.csv")
+    mg.add_argument("-o", "--output", required=True,
+                    help="FILE.parquet or FILE.csv (or s3://…), its manifest beside it")
     _add_s3_endpoint(mg)
 
     rp = sub.add_parser("report", parents=[common],
                         help="the paper's analyses from a folder of merged runs")
     rp.add_argument("results", nargs="+",
                     help="folders (or s3://) holding merged runs, at any depth")
-    rp.add_argument("-o", "--output", required=True, help="report folder")
+    rp.add_argument("-o", "--output", required=True, help="report folder (or s3://…)")
     rp.add_argument("--duplicates", metavar="FILE",
                     help="duplicate counts (.parquet or .csv): vmem duplicates' table "
                          "(index,count,...) or EleutherAI's sequence_id,counts; memorized share "
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export-memorized", parents=[common],
                         help="memorized sequences with their first tokens")
     ex.add_argument("run", help="merged run file (.parquet or .csv)")
-    ex.add_argument("-o", "--output", required=True, help="FILE.parquet")
+    ex.add_argument("-o", "--output", required=True, help="FILE.parquet (or s3://…)")
     ex.add_argument("--data", required=True)
     _add_data_source(ex)
     ex.add_argument("--tokens", type=int, default=64)
@@ -212,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="its checkpoint (Pythia's final: 143000); the run covers "
                          "[0, step * sequences per step)")
     im.add_argument("-o", "--output", required=True,
-                    help="folder of merged runs; writes <model>-step<N>-released.parquet and "
-                         "its .manifest.json")
+                    help="folder of merged runs (or s3://…); writes "
+                         "<model>-step<N>-released.parquet and its .manifest.json")
     im.add_argument("--data", default=None,
                     help="the training data (as for vmem evaluate): check every row's tokens")
     _add_data_source(im)
@@ -274,8 +275,10 @@ def _dataset(args: argparse.Namespace, path: str):
 
 def data_command(args: argparse.Namespace) -> None:
     from vmem import data as datasets
+    from vmem.io.location import Output
 
     if args.data_command == "dump":
+        Output(args.output, local_only="vmem data dump writes a local .npy").check()
         datasets.check_dump_output(args.output)
     found = _dataset(args, args.path)
     if args.data_command == "info":
@@ -328,10 +331,10 @@ def merge_command(args: argparse.Namespace) -> None:
 def report_command(args: argparse.Namespace) -> None:
     from vmem.study.report import report
 
-    out = Path(args.output)
-    runs = report(args.results, out, duplicates=args.duplicates, tokenizer=args.tokenizer,
-                  data=args.data, recitation_threshold=args.recitation_threshold,
-                  s3_endpoint=args.s3_endpoint)
+    runs = report(args.results, args.output, duplicates=args.duplicates,
+                  tokenizer=args.tokenizer, data=args.data,
+                  recitation_threshold=args.recitation_threshold, s3_endpoint=args.s3_endpoint)
+    out = args.output.rstrip("/")
     print(f"vmem report: {len(runs)} runs → {out}/report.html, report.md, tables/, figures/")
 
 
@@ -340,7 +343,7 @@ def export_command(args: argparse.Namespace) -> None:
     from vmem.study.merged_runs import load_run
     from vmem.study.taxonomy import export_columns
 
-    check_output(Path(args.output))
+    target = check_output(args.output, s3_endpoint=args.s3_endpoint)
     if args.tokenizer is not None and args.duplicates is None:
         raise VmemError("--tokenizer: export-memorized decides categories from counts; give "
                         "--duplicates too")
@@ -349,14 +352,14 @@ def export_command(args: argparse.Namespace) -> None:
     columns = None if args.duplicates is None else export_columns(
         run, dataset, args.duplicates, args.tokenizer, args.recitation_threshold,
         s3_endpoint=args.s3_endpoint)
-    count = export_memorized(run, dataset, args.tokens, Path(args.output), columns)
+    count = export_memorized(run, dataset, args.tokens, target, columns)
     print(f"vmem export-memorized: {count:,} memorized sequences of {run.name} → {args.output}")
 
 
 def import_command(args: argparse.Namespace) -> None:
     from vmem.study.released import check_request, import_released
 
-    check_request(args.step, args.sequences_per_step, args.output)
+    check_request(args.step, args.sequences_per_step, args.output, s3_endpoint=args.s3_endpoint)
     data = None if args.data is None else _dataset(args, args.data)
     import_released(args.source, model=args.model, step=args.step, out=args.output, data=data,
                     sequences_per_step=args.sequences_per_step, s3_endpoint=args.s3_endpoint)

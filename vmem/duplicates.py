@@ -21,6 +21,7 @@ one part (an overlap of n - 1 tokens holds no whole n-gram): the sum over parts 
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -46,7 +47,7 @@ from vmem.data import (
 )
 from vmem.errors import VmemError, first_line
 from vmem.io.atomic import atomic_path, write_atomic
-from vmem.io.location import is_s3
+from vmem.io.location import Output, is_s3
 from vmem.pythia import SEQUENCES_PER_STEP
 from vmem.runs.folder import first_difference, gaps, json_bytes, merge_ranges
 from vmem.runs.slicing import task_from_env, task_slice
@@ -139,7 +140,8 @@ def check_index_folder(index: str, planned: dict) -> None:
                         f"files)")
     path = os.path.join(index, MANIFEST)
     if not os.path.exists(path):
-        if os.path.isdir(index) and os.listdir(index):
+        # Dot files are locks and temporary files: another task may be starting this index.
+        if os.path.isdir(index) and any(not n.startswith(".") for n in os.listdir(index)):
             raise VmemError(f"--index {index}: holds files but no {MANIFEST}, so it is no "
                             f"duplicate index (or a damaged one); name a new or empty folder")
         return
@@ -204,10 +206,28 @@ def build_index(dataset: Dataset, index: str, cont_len: int, *, part: int | None
         if not os.path.exists(os.path.join(index, MANIFEST)):
             write_atomic(os.path.join(index, MANIFEST), json_bytes(manifest))
         for k in todo:
-            _build_part(dataset, index, manifest, k, progress)
+            with _part_lock(index, k):
+                if _built(index, manifest, k):  # by a task that held the lock before this one
+                    print(f"vmem: index part {k} was built meanwhile by another task; reusing "
+                          f"it", file=sys.stderr)
+                else:
+                    _build_part(dataset, index, manifest, k, progress)
     if all(_built(index, manifest, k) for k in range(len(parts))):
         _save_token_counts(index, manifest)
     return manifest
+
+
+@contextmanager
+def _part_lock(index: str, k: int):
+    """Held while part k is built: tasks started together on one index wait for each other
+    instead of building the part twice (and removing each other's temporary files). The kernel
+    releases the lock of a killed task."""
+    with open(os.path.join(index, f".{_part_name(k, 'lock')}"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_space(index: str, manifest: dict, todo: list[int]) -> None:
@@ -338,8 +358,11 @@ def _settings(dataset: Dataset, c: Counting, start: int, stop: int) -> dict:
 
 
 def _check_output(output: str) -> None:
-    if is_s3(output) or not output.endswith(".parquet"):
+    target = Output(output, local_only="its chunks are kept beside it until the last task "
+                                       "assembles them; copy the table to S3 afterwards")
+    if not output.endswith(".parquet"):
         raise VmemError(f"-o {output}: expected a local FILE.parquet")
+    target.check()
 
 
 def _finished(output: str, settings: dict) -> bool:

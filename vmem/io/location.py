@@ -5,15 +5,19 @@ and an S3 prefix behave alike (datatrove's DataFolder is the model). Local files
 memory-mapped for reading and written atomically; S3 objects are read with byte-range GETs and
 every request goes through `vmem.io.s3` (bounded retries, one-line errors). Names are
 `/`-separated and may reach into subfolders (`tasks/task-….json`).
+
+`Output` is what every command's `-o` (and `vmem evaluate --out`) becomes: checked before any
+work, then written as a whole file or a whole folder, locally or to S3.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import cached_property
 from pathlib import Path
 
@@ -23,6 +27,10 @@ from vmem.errors import VmemError
 from vmem.io.atomic import atomic_path, write_atomic
 
 ReadBytes = Callable[[int, int], np.ndarray]  # (start, stop) byte offsets -> uint8 array
+
+
+# Another scheme's URL would otherwise be taken as a local path (`gs://b/x` → folder `gs:`).
+_OTHER_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
 
 def is_s3(url: object) -> bool:
@@ -198,3 +206,123 @@ def split(url: str | os.PathLike, *, s3_endpoint: str | None = None) -> tuple[Lo
         return Location(head, s3_endpoint=s3_endpoint), name
     path = os.path.abspath(os.path.expanduser(url))
     return Location(os.path.dirname(path)), os.path.basename(path)
+
+
+class Output:
+    """Where a command writes: a local path or an s3:// URL (`flag` names it in messages).
+
+    `check()` runs before any work; `file()` and `folder()` hand out a local temporary file or
+    folder to fill, and put it in place only when it is complete: locally by a rename (a folder
+    replaces the earlier one whole), on S3 by uploads once everything is written. A command that
+    cannot write to S3 passes `local_only`, the reason, and an s3:// URL is refused at once.
+    """
+
+    def __init__(self, url: str | os.PathLike, *, s3_endpoint: str | None = None,
+                 flag: str = "-o", local_only: str | None = None):
+        self.given = os.fspath(url)
+        self.flag = flag
+        if _OTHER_URL.match(self.given) and not is_s3(self.given):
+            raise VmemError(f"{flag} {self.given}: not a local path or an s3:// URL")
+        if local_only and is_s3(self.given):
+            raise VmemError(f"{flag} {self.given}: expected a local path ({local_only})")
+        self.parent, self.name = split(self.given, s3_endpoint=s3_endpoint)
+        self.remote = self.parent.remote
+        # `s3://bucket` itself: a folder output may be the bucket's root.
+        self.location = self.parent.child(self.name) if self.name else self.parent
+        self.url = self.location.url
+
+    def __str__(self) -> str:
+        return self.url
+
+    def _refuse(self, why: str) -> VmemError:
+        return VmemError(f"{self.flag} {self.given}: {why}")
+
+    def check(self, *, folder: bool = False) -> None:
+        """Fail now, before any work, where this cannot be written: locally, a path whose
+        nearest existing folder is not writable (or that is a folder where a file is expected,
+        or the reverse); on S3, a bucket that cannot be listed."""
+        if self.remote:
+            try:
+                self.parent.files()
+            except VmemError as err:
+                reason = str(err).removeprefix(f"{self.parent.join('')}: ")
+                raise self._refuse(f"cannot write there ({reason})") from None
+            if not folder and not self.name:
+                raise self._refuse("expected s3://bucket/key, a file's name after the bucket")
+            return
+        if os.path.isdir(self.url) and not folder:
+            raise self._refuse("is a folder; expected a file name")
+        if os.path.exists(self.url) and folder and not os.path.isdir(self.url):
+            raise self._refuse("exists and is not a folder")
+        where = os.path.dirname(self.url)
+        while not os.path.exists(where) and where != os.path.dirname(where):
+            where = os.path.dirname(where)
+        if not os.path.isdir(where) or not os.access(where, os.W_OK | os.X_OK):
+            raise self._refuse(f"cannot write there ({where} is not a writable folder)")
+
+    def contents(self) -> dict[str, int]:
+        """Name → size of the files in this folder and below ({} where there is none)."""
+        if not self.remote and not os.path.isdir(self.url):
+            return {}
+        return self.location.files(recursive=True)
+
+    @contextmanager
+    def file(self) -> Iterator[str]:
+        """A local path to write the file to; it takes its place once the block ends without
+        error (locally renamed, on S3 uploaded in one PUT), else it is removed."""
+        if not self.remote:
+            with atomic_path(self.url) as tmp:
+                yield tmp
+            return
+        with tempfile.TemporaryDirectory(prefix="vmem-out-") as tmp:
+            path = os.path.join(tmp, self.name)
+            yield path
+            self.parent.put_file(self.name, path)
+
+    @contextmanager
+    def folder(self) -> Iterator[Path]:
+        """A local temporary folder to fill; once the block ends without error it replaces this
+        folder whole (locally by renames; on S3 every file is uploaded, then the keys of an
+        earlier folder that the new one lacks are deleted). On error nothing is left of it."""
+        if self.remote:
+            with tempfile.TemporaryDirectory(prefix="vmem-out-") as tmp:
+                yield Path(tmp)
+                self._upload_folder(Path(tmp))
+            return
+        os.makedirs(os.path.dirname(self.url), exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.", dir=os.path.dirname(self.url)))
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+            yield tmp
+            self._replace_folder(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _replace_folder(self, new: Path) -> None:
+        if os.path.exists(self.url):
+            old = tempfile.mkdtemp(prefix=f".{self.name}.old.", dir=os.path.dirname(self.url))
+            os.rename(self.url, os.path.join(old, "folder"))
+            os.rename(new, self.url)
+            shutil.rmtree(old)
+        else:
+            os.rename(new, self.url)
+
+    def _upload_folder(self, new: Path) -> None:
+        before = self.contents()
+        names = sorted(Location(new).files(recursive=True))
+        uploaded = []
+        try:
+            for name in names:
+                self.location.put_file(name, new / name)
+                uploaded.append(name)
+        except BaseException:
+            with suppress(VmemError):  # the upload's own error is the one to report
+                for name in uploaded:  # what this attempt added; a key it replaced stays so
+                    if name not in before:
+                        self.location.delete(name)
+            raise
+        for name in sorted(set(before) - set(names)):
+            self.location.delete(name)

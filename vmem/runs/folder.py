@@ -6,9 +6,8 @@
 
 What is done is the union of the score files' ranges, so a run killed at any moment resumes
 exactly where it stopped. `<fp>` fingerprints the settings, so score files of different runs
-never mix unnoticed. With `OUT = s3://bucket/prefix`, files are written to a local staging
-folder first and uploaded as each completes; a failed upload keeps the local file, and the next
-start uploads it.
+never mix unnoticed. With `OUT = s3://bucket/prefix`, each file is uploaded as it completes
+and S3 is the only record: nothing is kept locally between runs.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from vmem.errors import VmemError, first_line
-from vmem.io.location import Location
+from vmem.io.location import Location, Output
 from vmem.runs.weights import check_unchanged
 from vmem.scoring import GENERATE, column_type, columns, method
 
@@ -177,29 +176,25 @@ def finished_tasks(out: Location) -> set[tuple[int, int]]:
 
 
 class RunFolder:
-    """OUT on local disk, or s3://bucket/prefix through a local staging folder. Nothing is
-    created in OUT before the first file is written into it."""
+    """OUT on local disk, or s3://bucket/prefix. Nothing is created in OUT before the first file
+    is written into it.
+
+    On S3 the objects are the run's only record: every read asks S3, and a file is staged on
+    local disk only while it uploads (a temporary file under `staging_dir`, else the system's
+    temporary folder, removed once the upload ends, succeeded or not). So nothing staged
+    outlives a process, to shadow what S3 holds or to be uploaded again later; a file whose
+    upload failed is scored again by the next start."""
 
     def __init__(self, out: str, *, staging_dir: str | None = None, s3_endpoint: str | None = None):
         self.out = out
-        target = Location(out, s3_endpoint=s3_endpoint)
-        self.remote = target if target.remote else None
-        if self.remote:
-            digest = hashlib.sha256(out.encode()).hexdigest()[:12]
-            staging_dir = staging_dir or os.path.join(tempfile.gettempdir(), "vmem-staging", digest)
-            self.local = Location(staging_dir)
-        else:
-            self.local = target
+        self.location = Location(out, s3_endpoint=s3_endpoint)
+        self.s3_endpoint = s3_endpoint
+        self.staging_dir = staging_dir
 
     def check_writable(self) -> None:
-        """Fail now, not after an engine start, where OUT (or the folder it would be made in)
-        cannot be written."""
-        where = self.local.url
-        while not os.path.exists(where) and where != os.path.dirname(where):
-            where = os.path.dirname(where)
-        if not os.path.isdir(where) or not os.access(where, os.W_OK | os.X_OK):
-            raise VmemError(f"--out {self.out}: cannot write there ({where} is not a writable "
-                            f"folder)")
+        """Fail now, not after an engine start, where OUT (or the folder it would be made in, or
+        its bucket) cannot be written."""
+        Output(self.out, s3_endpoint=self.s3_endpoint, flag="--out").check(folder=True)
 
     # -- manifest -----------------------------------------------------------------------------
     def manifest(self) -> dict | None:
@@ -218,7 +213,7 @@ class RunFolder:
             check_unchanged(existing.get("weights"), manifest.get("weights"),
                             manifest["settings"]["model"])
             return
-        foreign = {p[0] for p in map(parse_score_file_name, self._names()) if p}
+        foreign = {p[0] for p in map(parse_score_file_name, self.location.files()) if p}
         foreign.discard(manifest["fingerprint"])
         if foreign:
             raise VmemError(f"--out {self.out} holds score files of another run (fingerprint "
@@ -237,20 +232,19 @@ class RunFolder:
                     within: tuple[int, int]) -> list[tuple[int, int]]:
         """The ranges that sound score files cover. Those overlapping `within` are read and
         checked; a damaged one is removed (with a warning) so that its rows are scored again."""
-        self._upload_pending()
         done = []
-        for name in sorted(self._names()):
+        for name in sorted(self.location.files()):
             parsed = parse_score_file_name(name)
             if not parsed or parsed[0] != fp:
                 continue
             _, a, b = parsed
             if a < within[1] and b > within[0]:
                 try:
-                    read_score_file(self._read_bytes(name), name, a, b, settings)
+                    read_score_file(self.location.read_bytes(name), name, a, b, settings)
                 except DamagedScoreFile as err:
                     print(f"vmem: warning: {err}; removing it to score [{a}, {b}) again",
                           file=sys.stderr)
-                    self._delete(name)
+                    self.location.delete(name)
                     continue
             done.append((a, b))
         return merge_ranges(done)
@@ -260,46 +254,23 @@ class RunFolder:
 
     # -- task markers ----------------------------------------------------------------------------
     def task_finished(self, start: int, stop: int) -> bool:
-        return self._read(task_marker_name(start, stop)) is not None
+        return self.location.exists(task_marker_name(start, stop))
 
     def finish_task(self, start: int, stop: int, stats: dict) -> None:
         self._put(task_marker_name(start, stop), json_bytes(stats))
 
-    # -- storage: the local folder first, then S3 ----------------------------------------------
+    # -- storage ---------------------------------------------------------------------------------
     def _put(self, name: str, data: bytes) -> None:
-        self.local.put_bytes(name, data)
-        if self.remote:
-            self.remote.put_file(name, self.local.join(name))
-
-    def _read_bytes(self, name: str) -> bytes:
-        if self.local.exists(name) or not self.remote:
-            return self.local.read_bytes(name)
-        return self.remote.read_bytes(name)
-
-    def _delete(self, name: str) -> None:
-        self.local.delete(name)
-        if self.remote and self.remote.exists(name):
-            self.remote.delete(name)
+        if not self.location.remote:
+            self.location.put_bytes(name, data)  # atomic
+            return
+        if self.staging_dir:
+            os.makedirs(self.staging_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix="vmem-staging-", dir=self.staging_dir) as staged:
+            staged.write(data)
+            staged.flush()
+            self.location.put_file(name, staged.name)
 
     def _read(self, name: str) -> bytes | None:
-        """The file's bytes (staged locally once read from S3), or None where it is absent."""
-        if self.local.exists(name):
-            return self.local.read_bytes(name)
-        if self.remote and self.remote.exists(name):
-            data = self.remote.read_bytes(name)
-            self.local.put_bytes(name, data)  # staged: the next look needs no request
-            return data
-        return None
-
-    def _names(self) -> set[str]:
-        names = set(self.local.files())
-        return names | set(self.remote.files()) if self.remote else names
-
-    def _upload_pending(self) -> None:
-        """Files staged locally whose upload failed last time (score files, the manifest, task
-        markers) go up now, before anything new."""
-        if not self.remote:
-            return
-        staged = filter(is_run_file, self.local.files(recursive=True))
-        for name in sorted(set(staged) - set(self.remote.files(recursive=True))):
-            self.remote.put_file(name, self.local.join(name))
+        """The file's bytes, or None where it is absent."""
+        return self.location.read_bytes(name) if self.location.exists(name) else None

@@ -19,8 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from vmem.errors import VmemError
-from vmem.io.atomic import atomic_path, write_atomic
-from vmem.io.location import Location
+from vmem.io.location import Location, Output
 from vmem.runs.folder import (
     MANIFEST,
     TASKS,
@@ -50,9 +49,13 @@ ScoreFiles = list[tuple[int, int, Path]]  # (start, stop, local path), sorted
 
 
 def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
-    kind = output.rsplit(".", 1)[-1].lower() if "." in Path(output).name else ""
+    """The run's score files → `output` (local or s3://: NAME.parquet or NAME.csv, the run's
+    manifest beside it as NAME.manifest.json, written last); returns that manifest."""
+    target = Output(output, s3_endpoint=s3_endpoint)
+    kind = target.name.rsplit(".", 1)[-1].lower() if "." in target.name else ""
     if kind not in ("parquet", "csv"):
         raise VmemError(f"-o {output}: expected a file name ending in .parquet or .csv")
+    target.check()
     location = Location(run, s3_endpoint=s3_endpoint)
     if not location.is_folder():
         raise VmemError(f"{run}: no such folder (expected a vmem evaluate --out folder)")
@@ -65,10 +68,11 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
                        merge_ranges([(a, b) for a, b, _ in files]))
         if missing:
             _report_missing(run, missing, settings)
-        _write(run, files, settings, output, kind)
+        with target.file() as tmp:
+            _write(run, files, settings, tmp, kind)
         merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"],
                       timing=_timing(folder))
-    write_atomic(manifest_beside(output), json_bytes(merged))
+    target.parent.put_bytes(manifest_beside(target.name), json_bytes(merged))
     memorized = int(memorized_flags(settings, table[memorized_column(settings)]).sum())
     print(f"vmem: merged {len(files)} score files, {merged['rows']} rows into {output}; "
           f"memorized {memorized} ({memorized / max(merged['rows'], 1):.4%})", file=sys.stderr)
@@ -144,9 +148,11 @@ def _load(run: str, files: ScoreFiles, settings: dict) -> dict[str, np.ndarray]:
     for name in columns(settings)[1:]:
         if name != "score":  # matches / cont_len
             kind = column_type(name)
-            # Counts fit a byte (cont_len < 256): a 146M-sequence run stays small.
+            # Counts lie in 0..cont_len: the smallest type that holds them keeps a 146M-sequence
+            # run small (a byte for Pythia's 32).
             arrays[name] = np.zeros(n, np.bool_ if kind == pa.bool_() else
-                                    np.float32 if pa.types.is_floating(kind) else np.uint8)
+                                    np.float32 if pa.types.is_floating(kind) else
+                                    np.min_scalar_type(settings["cont_len"]))
     duplicates = 0
     for a, b, path in files:
         table = _read(run, path, a, b, settings)
@@ -205,19 +211,17 @@ def fill_command(run: str, settings: dict) -> str:
     return shlex.join(cmd)
 
 
-def _write(run: str, files: ScoreFiles, settings: dict, output: str, kind: str) -> None:
-    """Stream the score files in order; each index is written once (the first copy, equal to
-    the rest)."""
+def _write(run: str, files: ScoreFiles, settings: dict, path: str, kind: str) -> None:
+    """Stream the score files in order into `path`; each index is written once (the first copy,
+    equal to the rest)."""
     names, table_schema = columns(settings), schema(settings)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
     written = settings["start"]
-    with atomic_path(output) as tmp:
-        writer = (pq.ParquetWriter(tmp, table_schema) if kind == "parquet"
-                  else pacsv.CSVWriter(tmp, table_schema))
-        with writer:
-            for a, b, path in files:
-                if b <= written:
-                    continue
-                table = _read(run, path, a, b, settings).select(names).cast(table_schema)
-                writer.write_table(table.slice(max(written - a, 0)))
-                written = b
+    writer = (pq.ParquetWriter(path, table_schema) if kind == "parquet"
+              else pacsv.CSVWriter(path, table_schema))
+    with writer:
+        for a, b, score_file in files:
+            if b <= written:
+                continue
+            table = _read(run, score_file, a, b, settings).select(names).cast(table_schema)
+            writer.write_table(table.slice(max(written - a, 0)))
+            written = b

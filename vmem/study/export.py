@@ -5,7 +5,6 @@ parquet rows `index,tokens`, and the caller's further columns (with --duplicates
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 
 from vmem.data import Dataset
 from vmem.errors import VmemError
-from vmem.io.atomic import atomic_path
+from vmem.io.location import Output
 from vmem.study.merged_runs import Run
 
 MAX_GAP = 4  # memorized sequences this close are read in one span (cheaper than a request)
@@ -21,16 +20,20 @@ MAX_SPAN = 1024  # ... but a span never crosses a multiple of this many sequence
 ROWS_PER_GROUP = 65_536
 
 
-def check_output(out: Path) -> None:
-    """Checked before the run and the dataset are loaded."""
-    if out.suffix != ".parquet":
+def check_output(out: str, *, s3_endpoint: str | None = None) -> Output:
+    """Where the table goes (local or s3://), checked before the run and the dataset are
+    loaded."""
+    target = Output(out, s3_endpoint=s3_endpoint)
+    if not target.name.endswith(".parquet"):
         raise VmemError(f"{out}: -o must name a .parquet file")
+    target.check()
+    return target
 
 
-def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Path,
+def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Output,
                      columns: dict[str, pa.Array] | None = None) -> int:
     """Write the run's memorized sequences with their first `tokens` tokens, and `columns` (one
-    value per memorized sequence, in index order), to `out` (see check_output); returns how
+    value per memorized sequence, in index order), to `out` (from check_output); returns how
     many."""
     if not 1 <= tokens <= dataset.seq_len:
         raise VmemError(f"--tokens {tokens}: expected 1..{dataset.seq_len} (the sequence "
@@ -45,14 +48,13 @@ def export_memorized(run: Run, dataset: Dataset, tokens: int, out: Path,
     return int(memorized.size)
 
 
-def write_memorized(dataset: Dataset, memorized: np.ndarray, tokens: int, out: Path,
+def write_memorized(dataset: Dataset, memorized: np.ndarray, tokens: int, out: Output,
                     columns: dict[str, pa.Array]) -> None:
     """Rows (index, first `tokens` tokens, `columns`), read in spans of nearby memorized
     sequences."""
     schema = pa.schema([("index", pa.int64()), ("tokens", pa.list_(pa.int64())),
                         *((name, values.type) for name, values in columns.items())])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with out.file() as tmp, pq.ParquetWriter(tmp, schema) as writer:
         done = 0
         for group in np.array_split(memorized,
                                     max(1, math.ceil(memorized.size / ROWS_PER_GROUP))):

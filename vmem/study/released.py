@@ -23,8 +23,7 @@ import vmem
 from vmem import pythia
 from vmem.data import Dataset, checkpoint_range, manifest_entry
 from vmem.errors import VmemError, first_line
-from vmem.io.atomic import atomic_path, write_atomic
-from vmem.io.location import is_s3, split
+from vmem.io.location import Output, split
 from vmem.runs.folder import fingerprint, json_bytes
 from vmem.runs.merge import manifest_beside
 from vmem.scoring import PAPER_PROMPT_LEN, RELEASED
@@ -37,16 +36,16 @@ TOKEN_ROWS = 65_536  # listed sequences whose tokens are checked at a time (with
 SHOWN = 5  # indices named in an error
 
 
-def check_request(step: int, sequences_per_step: int, out: str) -> None:
-    """What can be checked before any input is read."""
+def check_request(step: int, sequences_per_step: int, out: str, *,
+                  s3_endpoint: str | None = None) -> Output:
+    """What can be checked before any input is read; returns the output folder."""
     if step <= 0:
         raise VmemError(f"--step {step}: expected the positive training step of the checkpoint "
                         f"the list was made from (Pythia's final one: {pythia.FINAL_STEP})")
     checkpoint_range(step, sequences_per_step)  # checks the sequences per step
-    if is_s3(out):
-        raise VmemError(f"-o {out}: expected a local folder (copy the run to S3 afterwards)")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise VmemError(f"-o {out}: exists and is not a folder")
+    target = Output(out, s3_endpoint=s3_endpoint)
+    target.check(folder=True)
+    return target
 
 
 def hub_model(model: str) -> str:
@@ -66,7 +65,7 @@ def import_released(source: str, *, model: str, step: int, out: str, data: Datas
     NAME is the run's name in the report (`pythia-12b-step143000-released`). With `data`, each
     listed sequence's tokens are checked against it first. Returns the manifest; nothing is
     written when a check fails."""
-    check_request(step, sequences_per_step, out)
+    results = check_request(step, sequences_per_step, out, s3_endpoint=s3_endpoint)
     if (hub := hub_model(model)) != model:
         print(f"vmem import-released: --model {model} taken as {hub}", file=sys.stderr)
         model = hub
@@ -98,9 +97,12 @@ def import_released(source: str, *, model: str, step: int, out: str, data: Datas
                    "tokens_checked": data is not None},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    table = os.path.join(out, run_name(model_and_label(model)[1], step, RELEASED) + ".parquet")
-    _write_flags(table, memorized, stop)
-    write_atomic(manifest_beside(table), json_bytes(manifest))  # last: the run is complete
+    table = Output(results.location.join(run_name(model_and_label(model)[1], step, RELEASED)
+                                         + ".parquet"), s3_endpoint=s3_endpoint)
+    with table.file() as tmp:
+        _write_flags(tmp, memorized, stop)
+    # Last: the run is complete.
+    results.location.put_bytes(manifest_beside(table.name), json_bytes(manifest))
     print(f"vmem import-released: {memorized.size:,} memorized of {stop:,} sequences "
           f"({memorized.size / stop:.4%}) → {table}", file=sys.stderr)
     return manifest
@@ -182,11 +184,11 @@ def _some(indices: np.ndarray) -> str:
     return f"{'index' if indices.size == 1 else 'indices'} {shown}{more}"
 
 
-def _write_flags(table: str, memorized: np.ndarray, stop: int) -> None:
+def _write_flags(path: str, memorized: np.ndarray, stop: int) -> None:
     """One row per index of [0, stop), sorted: memorized where `memorized` (sorted) lists it."""
     schema = pa.schema([("index", pa.int64()), ("memorized", pa.bool_())])
-    with atomic_path(table) as tmp, pq.ParquetWriter(
-            tmp, schema, compression="zstd", use_dictionary=False,
+    with pq.ParquetWriter(
+            path, schema, compression="zstd", use_dictionary=False,
             column_encoding={"index": "DELTA_BINARY_PACKED"}) as writer:
         for a in range(0, stop, FLAG_ROWS):
             b = min(a + FLAG_ROWS, stop)

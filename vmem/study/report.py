@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pandas as pd
 
 from vmem import pythia
 from vmem.errors import VmemError
+from vmem.io.location import Output
 from vmem.study import analysis, extraction, figures, forgetting, integrity, taxonomy
 from vmem.study.comparisons import FAMILIES, plan_comparisons, split_twins, without_final
 from vmem.study.document import Document
@@ -27,15 +26,15 @@ from vmem.study.merged_runs import Run, load_runs
 from vmem.study.taxonomy import RECITATION_THRESHOLD, Sequences
 
 
-def report(folders: Sequence[str], out: Path, *, duplicates: str | None = None,
+def report(folders: Sequence[str], out: str | os.PathLike, *, duplicates: str | None = None,
            tokenizer: str | None = None, data: str | None = None,
            recitation_threshold: int = RECITATION_THRESHOLD,
            s3_endpoint: str | None = None) -> list[Run]:
-    """The report of the merged runs anywhere under `folders` (local or s3://) into `out`; with
-    a `duplicates` table the memorized share by duplication and the taxonomy, whose
-    reconstruction category and examples need a `tokenizer` (and the sequences' tokens: `data`,
-    else each run's recorded dataset)."""
-    _check_report_folder(out)
+    """The report of the merged runs anywhere under `folders` (local or s3://) into the folder
+    `out` (local or s3://); with a `duplicates` table the memorized share by duplication and the
+    taxonomy, whose reconstruction category and examples need a `tokenizer` (and the sequences'
+    tokens: `data`, else each run's recorded dataset)."""
+    report_output(out, s3_endpoint=s3_endpoint)  # before anything is read
     taxonomy.check_threshold(recitation_threshold)
     if tokenizer is not None and duplicates is None:
         raise VmemError("--tokenizer: the taxonomy and its examples need counts; give "
@@ -53,23 +52,34 @@ def report(folders: Sequence[str], out: Path, *, duplicates: str | None = None,
                               s3_endpoint=s3_endpoint)
     counts = None if duplicates is None else read_duplicates(duplicates, s3_endpoint=s3_endpoint)
     runs = load_runs(folders, s3_endpoint=s3_endpoint)
-    write_report(runs, ", ".join(folders), out, counts, sequences, recitation_threshold)
+    write_report(runs, ", ".join(folders), out, counts, sequences, recitation_threshold,
+                 s3_endpoint=s3_endpoint)
     return runs
 
 
-def write_report(runs: list[Run], results: str, out: Path,
+def report_output(out: str | os.PathLike, *, s3_endpoint: str | None = None) -> Output:
+    """The report's folder, checked: writable, and new, empty or an earlier report."""
+    target = Output(out, s3_endpoint=s3_endpoint)
+    if target.remote and not target.name:
+        raise VmemError(f"-o {out}: expected s3://bucket/prefix (a report replaces its whole "
+                        f"folder, never a bucket)")
+    target.check(folder=True)
+    files = target.contents()
+    if files and "report.md" not in files:
+        raise VmemError(f"{out}: exists and is not a vmem report folder; choose another -o")
+    return target
+
+
+def write_report(runs: list[Run], results: str, out: str | os.PathLike,
                  duplicates: Duplicates | None = None, sequences: Sequences | None = None,
-                 recitation_threshold: int = RECITATION_THRESHOLD) -> None:
+                 recitation_threshold: int = RECITATION_THRESHOLD, *,
+                 s3_endpoint: str | None = None) -> None:
     """Compute everything first (a bad input fails before anything is written), then write the
-    report into a temporary folder beside `out` and rename it into place."""
+    report into a temporary folder and put it in place of `out` (local or s3://) whole."""
+    target = report_output(out, s3_endpoint=s3_endpoint)
     runs = sorted(runs, key=lambda r: (r.suite, r.params or 0, r.step or 0, r.name))
     tables, fits, notes = _tables(runs, results, duplicates, sequences, recitation_threshold)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the report is an ordinary folder
-    try:
+    with target.folder() as tmp:
         (tmp / "tables").mkdir()
         (tmp / "figures").mkdir()
         for name, table in tables.items():
@@ -79,10 +89,6 @@ def write_report(runs: list[Run], results: str, out: Path,
         document = _document(runs, results, tables, drawn, notes)
         (tmp / "report.md").write_text(document.markdown(), encoding="utf-8")
         (tmp / "report.html").write_text(document.html(tmp), encoding="utf-8")
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _tables(runs: list[Run], results: str, duplicates: Duplicates | None,
@@ -501,20 +507,3 @@ def _num(v: float) -> str:
     if pd.isna(v):
         return "–"
     return f"{v:.3e}" if v != 0 and not 1e-3 <= abs(v) < 1e5 else f"{v:.4g}"
-
-
-def _check_report_folder(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                             and not (out / "report.md").exists())):
-        raise VmemError(f"{out}: exists and is not a vmem report folder; choose another -o")
-
-
-def _replace_folder(new: Path, out: Path) -> None:
-    """Put `new` at `out`, replacing an earlier report there."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.rename(out, old / "report")
-        os.rename(new, out)
-        shutil.rmtree(old)
-    else:
-        os.rename(new, out)
