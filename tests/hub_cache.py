@@ -5,13 +5,16 @@
     CACHE/models--ORG--NAME/blobs/BLOB               the file; BLOB is its ETag: the SHA-256 of
                                                      an LFS file, the git blob id of the others
 
-so that `HF_HUB_OFFLINE=1` loads a model from it with no network, as on a compute node.
+so that `HF_HUB_OFFLINE=1` loads a model from it with no network, as on a compute node. The
+fixture `offline_hub` is such a cache, empty, that this process uses with the network off.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+import pytest
 
 # What the hub's default .gitattributes stores in LFS (of the files a model repository holds).
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".h5", ".msgpack")
@@ -42,3 +45,17 @@ def write_hub_cache(cache: Path, repo: str, revision: str, files: dict[str, byte
 def model_files(folder: str | Path) -> dict[str, bytes]:
     """A saved model folder's files, as a download of its repository would hold them."""
     return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty hub cache this process uses, offline: HF_HUB_OFFLINE=1 and HF_HUB_CACHE as
+    huggingface_hub read them when first imported (setting the variables later changes
+    nothing)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from huggingface_hub import constants
 
 from tests.cli import cli_error
 from tests.hub_cache import model_files, write_hub_cache
@@ -84,9 +83,15 @@ WEIGHTS = "model.safetensors"
 @pytest.fixture
 def hub_cache(tmp_path, tiny_model_dir) -> Path:
     """The tiny model as pythia-70m's revision step8 in a hub cache."""
-    cache = tmp_path / "hub"
+    cache = tmp_path / "cache"
     write_hub_cache(cache, REPO_ID, f"step{STEP}", model_files(tiny_model_dir))
     return cache
+
+
+def snapshot(cache: Path) -> Path:
+    """The one snapshot folder of the cache's pythia-70m."""
+    (folder,) = (cache / "models--EleutherAI--pythia-70m" / "snapshots").iterdir()
+    return folder
 
 
 def evaluate_args(data: str, out: Path, *extra: str) -> list[str]:
@@ -118,8 +123,7 @@ def test_a_pythia_checkpoint_runs_offline_from_the_hub_cache_and_resumes(
     assert (settings["model"], settings["revision"]) == (REPO_ID, f"step{STEP}")
     assert (settings["start"], settings["stop"], manifest["step"]) == (0, STEP * PER_STEP, STEP)
     # The fingerprint is the cache's: the weights' blob is named by their SHA-256.
-    link = next((hub_cache / "models--EleutherAI--pythia-70m" / "snapshots").iterdir()) / WEIGHTS
-    blob = Path(os.path.realpath(link))
+    blob = Path(os.path.realpath(snapshot(hub_cache) / WEIGHTS))
     data = (Path(tiny_model_dir) / WEIGHTS).read_bytes()
     assert blob.name == hashlib.sha256(data).hexdigest()
     assert manifest["weights"] == {
@@ -145,16 +149,10 @@ def test_a_pythia_checkpoint_runs_offline_from_the_hub_cache_and_resumes(
     assert scores(out)["index"].tolist() == list(range(STEP * PER_STEP))
 
 
-@pytest.fixture
-def offline_mode(monkeypatch):
-    """HF_HUB_OFFLINE=1 as huggingface_hub read it at import."""
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-
-
 def test_a_revision_the_cache_lacks_is_one_line_naming_its_download(
-        tmp_path, capsys, hub_cache, tiny_dataset, offline_mode):
+        tmp_path, capsys, hub_cache, tiny_dataset, offline_hub):
     out = tmp_path / "run"
-    # pythia-70m is cached at step8 only; step4 is not. The cache is --download-dir.
+    # pythia-70m is cached at step8 only (in --download-dir); step4 is not.
     args = evaluate_args(tiny_dataset, out, "--download-dir", str(hub_cache))
     args[args.index("--checkpoint") + 1] = "4"
     err = cli_error(capsys, args)
@@ -165,23 +163,23 @@ def test_a_revision_the_cache_lacks_is_one_line_naming_its_download(
 
 
 def test_a_model_the_cache_lacks_is_one_line_naming_its_download(
-        tmp_path, capsys, monkeypatch, hub_cache, tiny_dataset, offline_mode):
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))  # as HF_HUB_CACHE sets it
+        tmp_path, capsys, tiny_model_dir, tiny_dataset, offline_hub):
+    write_hub_cache(offline_hub, REPO_ID, f"step{STEP}", model_files(tiny_model_dir))
     out = tmp_path / "run"
     args = evaluate_args(tiny_dataset, out)
     args[args.index("--model") + 1] = "EleutherAI/pythia-160m-deduped-v0"
     err = cli_error(capsys, args)
     assert err == ("vmem: error: model 'EleutherAI/pythia-160m-deduped-v0' at revision 'step8' is "
-                   f"not in the hub cache {hub_cache} and HF_HUB_OFFLINE is set; fetch it on a node "
-                   "with network access first: hf download EleutherAI/pythia-160m-deduped-v0 "
+                   f"not in the hub cache {offline_hub} and HF_HUB_OFFLINE is set; fetch it on a "
+                   "node with network access first: hf download EleutherAI/pythia-160m-deduped-v0 "
                    "--revision step8")
     assert not out.exists()
 
 
 def test_an_interrupted_download_is_named_too(tmp_path, capsys, hub_cache, tiny_dataset,
-                                              offline_mode):
+                                              offline_hub):
     # The config arrived, the weights did not (their link is missing).
-    (next((hub_cache / "models--EleutherAI--pythia-70m" / "snapshots").iterdir()) / WEIGHTS).unlink()
+    (snapshot(hub_cache) / WEIGHTS).unlink()
     err = cli_error(capsys, evaluate_args(tiny_dataset, tmp_path / "run", "--download-dir",
                                           str(hub_cache)))
     assert "at revision 'step8' has no *.safetensors, *.bin, *.pt files in the hub cache" in err
