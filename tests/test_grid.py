@@ -14,7 +14,7 @@ import pytest
 
 from tests.hub_cache import write_hub_cache
 from tests.s3_server import free_port
-from tests.test_slurm import commands
+from tests.test_slurm import ON_TEST_NODE, commands
 from vmem import pythia
 from vmem.engines import download_command
 from vmem.runs.folder import task_marker_name
@@ -138,7 +138,7 @@ def test_downloads_run_before_the_submission_and_a_failed_one_stops_it(slurm_clu
     write_hub_cache(cache, "EleutherAI/pythia-70m-v0", "step23000",
                     {"config.json": b"{}", "model.safetensors": b"weights"})
     env = slurm_cluster.env | {"HF_HUB_OFFLINE": "1", "VMEM_ARGS": f"--download-dir {cache}",
-                               "SBATCH_ARGS": "--hold"}  # held: nothing runs
+                               "SBATCH_ARGS": " ".join(["--hold", *ON_TEST_NODE])}  # never runs
     done = grid(tmp_path, "--download", "--paper", "--only", "pythia-70m-v0-step23000", env=env)
     (line,) = done.stdout.splitlines()
     assert line.startswith("submitted pythia-70m-v0-step23000: job ")
