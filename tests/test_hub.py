@@ -21,6 +21,7 @@ from tests.test_weights import combined, undo_last_chunk
 from vmem import pythia
 from vmem.evaluate import revision_for
 from vmem.study.merged_runs import model_and_label
+from vmem.study.released import hub_model
 
 # --- Pythia's names -----------------------------------------------------------------------------
 
@@ -68,6 +69,9 @@ def test_v0_models_are_their_own_hub_ids_and_suites():
     assert pythia.hub_id("70m", deduped=True) == "EleutherAI/pythia-70m-deduped"
     suites = {pythia.suite_of(pythia.hub_id("1b", d, v)) for d in (False, True) for v in (0, 1)}
     assert len(suites) == 4
+    # A released list's bare name is taken as its hub id, v0 too; another model stays as given.
+    assert hub_model("pythia-1b-deduped-v0") == "EleutherAI/pythia-1b-deduped-v0"
+    assert hub_model("pythia-1b-sft") == "pythia-1b-sft"
     # A report names runs after the model's last part: v0 and retrained runs never share a name.
     assert model_and_label("EleutherAI/pythia-1b-v0")[1] != model_and_label(
         "EleutherAI/pythia-1b")[1]
@@ -112,27 +116,33 @@ def scores(out: Path) -> pd.DataFrame:
     return pd.concat(pd.read_csv(p) for p in sorted(out.glob("scores-*.csv"))).sort_values("index")
 
 
+def check_run(out: Path, cache: Path, model_dir: str) -> dict:
+    """The run's manifest, checked: revision stepN, the weights' fingerprint from the cache, and
+    the trained weights loaded (the sequences they were trained on are memorized)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    settings = manifest["settings"]
+    assert (settings["model"], settings["revision"]) == (REPO_ID, f"step{STEP}")
+    assert (settings["start"], settings["stop"], manifest["step"]) == (0, STEP * PER_STEP, STEP)
+    # The fingerprint is the cache's: the weights' blob is named by their SHA-256.
+    blob = Path(os.path.realpath(snapshot(cache) / WEIGHTS))
+    data = (Path(model_dir) / WEIGHTS).read_bytes()
+    assert blob.name == hashlib.sha256(data).hexdigest()
+    assert manifest["weights"] == {
+        "sha256": combined({WEIGHTS: blob.name}), "how": "hub",
+        "files": [{"name": WEIGHTS, "size": len(data), "sha256": blob.name}]}
+    rows = scores(out)
+    assert rows["index"].tolist() == list(range(STEP * PER_STEP))
+    assert set(rows.loc[rows["score"] == 1.0, "index"]) == set(range(MEMORIZED)) - {EOS_SEQUENCE}
+    return manifest
+
+
 def test_a_pythia_checkpoint_runs_offline_from_the_hub_cache_and_resumes(
         tmp_path, hub_cache, tiny_model_dir, tiny_dataset):
     out = tmp_path / "run"
     args = evaluate_args(tiny_dataset, out)
     done = offline(args, tmp_path, hub_cache)
     assert done.returncode == 0, done.stderr[-2000:]
-    manifest = json.loads((out / "manifest.json").read_text())
-    settings = manifest["settings"]
-    assert (settings["model"], settings["revision"]) == (REPO_ID, f"step{STEP}")
-    assert (settings["start"], settings["stop"], manifest["step"]) == (0, STEP * PER_STEP, STEP)
-    # The fingerprint is the cache's: the weights' blob is named by their SHA-256.
-    blob = Path(os.path.realpath(snapshot(hub_cache) / WEIGHTS))
-    data = (Path(tiny_model_dir) / WEIGHTS).read_bytes()
-    assert blob.name == hashlib.sha256(data).hexdigest()
-    assert manifest["weights"] == {
-        "sha256": combined({WEIGHTS: blob.name}), "how": "hub",
-        "files": [{"name": WEIGHTS, "size": len(data), "sha256": blob.name}]}
-    # The trained weights were loaded: the sequences they were trained on are memorized.
-    rows = scores(out)
-    assert rows["index"].tolist() == list(range(STEP * PER_STEP))
-    assert set(rows.loc[rows["score"] == 1.0, "index"]) == set(range(MEMORIZED)) - {EOS_SEQUENCE}
+    manifest = check_run(out, hub_cache, tiny_model_dir)
 
     # The same command again does nothing new.
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -147,6 +157,16 @@ def test_a_pythia_checkpoint_runs_offline_from_the_hub_cache_and_resumes(
     assert "scored 8 sequences" in resumed.stderr
     assert json.loads((out / "manifest.json").read_text())["weights"] == manifest["weights"]
     assert scores(out)["index"].tolist() == list(range(STEP * PER_STEP))
+
+
+@pytest.mark.slow
+def test_vllm_loads_a_pythia_checkpoint_offline_from_the_hub_cache(tmp_path, hub_cache,
+                                                                   tiny_model_dir, tiny_dataset):
+    args = evaluate_args(tiny_dataset, tmp_path / "run")
+    args[args.index("--engine") + 1] = "vllm"
+    done = offline(args, tmp_path, hub_cache)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check_run(tmp_path / "run", hub_cache, tiny_model_dir)
 
 
 def test_a_revision_the_cache_lacks_is_one_line_naming_its_download(
