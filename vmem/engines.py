@@ -118,12 +118,12 @@ def load_model_config(model: str, revision: str | None, download_dir: str | None
 
     if _looks_local(model) and not Path(model).is_dir():
         raise VmemError(f"model '{model}': no such folder (expected a Hugging Face model folder)")
-    where = f"model '{model}'" + (f" at revision '{revision}'" if revision else "")
     if not _looks_local(model):
         check_cached(model, revision, download_dir)
     try:
         return AutoConfig.from_pretrained(model, revision=revision, cache_dir=download_dir)
     except (OSError, ValueError) as err:
+        where = f"model '{model}'" + (f" at revision '{revision}'" if revision else "")
         reason = first_line(err)
         raise VmemError(f"{where} cannot be loaded: {reason}") from None
 
