@@ -17,6 +17,7 @@ import pytest
 from tests.cli import cli_error
 from tests.hub_cache import model_files, write_hub_cache
 from tests.models import EOS_SEQUENCE, MEMORIZED
+from tests.test_report import run_report, write_run
 from tests.test_weights import combined, undo_last_chunk
 from vmem import pythia
 from vmem.evaluate import revision_for
@@ -75,6 +76,24 @@ def test_v0_models_are_their_own_hub_ids_and_suites():
     # A report names runs after the model's last part: v0 and retrained runs never share a name.
     assert model_and_label("EleutherAI/pythia-1b-v0")[1] != model_and_label(
         "EleutherAI/pythia-1b")[1]
+
+
+def test_a_report_compares_v0_runs_only_with_v0_runs(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for model, memorized in (("pythia-70m", [1]), ("pythia-70m-v0", [1, 2]), ("pythia-1b", [1, 3]),
+                             ("pythia-1b-v0", [2])):
+        write_run(runs, f"{model}-step143000", model=f"EleutherAI/{model}", step=143_000,
+                  start=0, stop=300, memorized=memorized)
+    run_report(runs, tmp_path / "report")
+    rates = pd.read_csv(tmp_path / "report" / "tables" / "memorization_rates.csv")
+    assert dict(zip(rates["model"], rates["suite"], strict=True)) == {
+        "pythia-70m": "pythia", "pythia-1b": "pythia", "pythia-70m-v0": "pythia-v0",
+        "pythia-1b-v0": "pythia-v0"}
+    pairs = pd.read_csv(tmp_path / "report" / "tables" / "predictability.csv")
+    assert sorted(zip(pairs["cheap"], pairs["target"], strict=True)) == [
+        ("pythia-70m-step143000", "pythia-1b-step143000"),
+        ("pythia-70m-v0-step143000", "pythia-1b-v0-step143000")]
 
 
 # --- A hub id with --checkpoint, offline, from the hub cache ------------------------------------
