@@ -224,26 +224,22 @@ def test_bad_inputs_are_one_line_with_nothing_written(capsys, tmp_path, cli_base
         assert not out.exists()
 
 
-def test_a_hub_revision_that_cannot_be_had_is_named(capsys, tmp_path, tiny_dataset, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+def test_a_hub_revision_that_cannot_be_had_is_named(capsys, tmp_path, tiny_dataset, offline_hub):
     err = cli_error(capsys, ["evaluate", "--model", "EleutherAI/pythia-70m-deduped", "--data",
                           tiny_dataset, "--revision", "step0", "--start", "0", "--stop", "8",
                           "--out",
                           str(tmp_path / "o"), "--engine", "hf"])
-    assert "model 'EleutherAI/pythia-70m-deduped' at revision 'step0' cannot be loaded" in err
+    assert "model 'EleutherAI/pythia-70m-deduped' at revision 'step0' is not in the hub" in err
     assert not (tmp_path / "o").exists()
 
 
 def test_python_callers_get_the_same_default_revision_as_the_cli(tmp_path, tiny_dataset,
-                                                                 monkeypatch):
+                                                                 offline_hub):
     # A Pythia model at --checkpoint N loads revision stepN, from Python as from the CLI.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     ev = Evaluation(engine=EngineConfig("EleutherAI/pythia-70m-deduped", engine="hf"),
                     data=tiny_dataset, out=str(tmp_path / "o"), checkpoint=2,
                     sequences_per_step=8, progress=False)
-    with pytest.raises(VmemError, match="at revision 'step2' cannot be loaded"):
+    with pytest.raises(VmemError, match="at revision 'step2' is not in the hub cache"):
         evaluate(ev)
     assert not (tmp_path / "o").exists()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from tests.cli import cli_error
+from tests.hub_cache import write_hub_cache
 from tests.test_report import run_report, write_run
 from vmem.cli import main
 from vmem.runs.weights import fingerprint_weights
@@ -97,29 +98,11 @@ def test_evaluate_records_the_weights_and_refuses_changed_ones(tmp_path, capsys,
     assert "changed since this run started" in cli_error(capsys, args)
 
 
-def fake_hub_cache(cache: Path, repo: str, revision: str, weights: bytes, config: bytes) -> Path:
-    """The hub cache's layout: LFS files stored as blobs/<sha256>, git files as blobs/<git id>,
-    a snapshot folder of links to them, and refs/<revision> naming the snapshot's commit."""
-    root = cache / ("models--" + repo.replace("/", "--"))
-    commit = "c0ffee" + "0" * 34
-    (root / "blobs").mkdir(parents=True)
-    (root / "refs").mkdir()
-    (root / "refs" / revision).write_text(commit)
-    snapshot_folder = root / "snapshots" / commit
-    snapshot_folder.mkdir(parents=True)
-    blobs = {WEIGHTS: hashlib.sha256(weights).hexdigest(),
-             "config.json": hashlib.sha1(b"blob %d\0" % len(config) + config).hexdigest()}
-    for name, data in ((WEIGHTS, weights), ("config.json", config)):
-        (root / "blobs" / blobs[name]).write_bytes(data)
-        (snapshot_folder / name).symlink_to(Path("..", "..", "blobs", blobs[name]))
-    return snapshot_folder
-
-
 def test_a_hub_model_records_the_hashes_its_cache_holds(tmp_path, tiny_model_dir, tiny_dataset):
     weights = (Path(tiny_model_dir) / WEIGHTS).read_bytes()
     config = (Path(tiny_model_dir) / "config.json").read_bytes()
     cache = tmp_path / "hub"
-    fake_hub_cache(cache, "org/tiny", "step7", weights, config)
+    write_hub_cache(cache, "org/tiny", "step7", {WEIGHTS: weights, "config.json": config})
     out = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "vmem.cli",
@@ -134,7 +117,8 @@ def test_a_hub_model_records_the_hashes_its_cache_holds(tmp_path, tiny_model_dir
 
 def test_hub_files_that_are_not_lfs_blobs_are_read_and_missing_ones_are_named(tmp_path):
     cache = tmp_path / "hub"
-    snapshot_folder = fake_hub_cache(cache, "org/tiny", "main", b"lfs weights", b"{}")
+    snapshot_folder = write_hub_cache(cache, "org/tiny", "main",
+                                      {WEIGHTS: b"lfs weights", "config.json": b"{}"})
     (snapshot_folder / "pytorch_model.bin").write_bytes(b"ignored: safetensors come first")
     found = fingerprint_weights("org/tiny", "main", None, str(cache))
     assert (found["how"], found["files"][0]["sha256"]) == ("hub", sha256_of(snapshot_folder /

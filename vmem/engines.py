@@ -23,6 +23,7 @@ import importlib.util
 import math
 import os
 import re
+import shlex
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -121,12 +122,44 @@ def load_model_config(model: str, revision: str | None, download_dir: str | None
 
     if _looks_local(model) and not Path(model).is_dir():
         raise VmemError(f"model '{model}': no such folder (expected a Hugging Face model folder)")
+    if not _looks_local(model):
+        check_cached(model, revision, download_dir)
     try:
         return AutoConfig.from_pretrained(model, revision=revision, cache_dir=download_dir)
     except (OSError, ValueError) as err:
         where = f"model '{model}'" + (f" at revision '{revision}'" if revision else "")
         reason = first_line(err)
         raise VmemError(f"{where} cannot be loaded: {reason}") from None
+
+
+def check_cached(model: str, revision: str | None, download_dir: str | None) -> None:
+    """Offline (HF_HUB_OFFLINE, as compute nodes run), a hub model must be in the hub cache
+    already; where it is not, the one line names the command that fetches it."""
+    from huggingface_hub import constants
+
+    from vmem.runs.weights import WEIGHT_KINDS, hub_snapshot, weight_files
+
+    if not constants.is_offline_mode():
+        return
+    snapshot = hub_snapshot(model, revision, download_dir)
+    if snapshot is None:
+        missing = f"is not in the hub cache {download_dir or constants.HF_HUB_CACHE}"
+    elif not weight_files(snapshot):  # an interrupted download
+        missing = f"has no {', '.join(WEIGHT_KINDS)} files in the hub cache ({snapshot})"
+    else:
+        return
+    raise VmemError(f"model '{model}' at revision '{revision or 'main'}' {missing} and "
+                    f"HF_HUB_OFFLINE is set; fetch it on a node with network access first: "
+                    f"{download_command(model, revision, download_dir)}")
+
+
+def download_command(model: str, revision: str | None, download_dir: str | None) -> str:
+    """The command that puts a hub model's revision in the cache vmem loads it from (the `hf`
+    command huggingface_hub installs)."""
+    words = ["hf", "download", model, "--revision", revision or "main"]
+    if download_dir:
+        words += ["--cache-dir", download_dir]
+    return shlex.join(words)
 
 
 def _looks_local(model: str) -> bool:

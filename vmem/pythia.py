@@ -35,18 +35,42 @@ SIZES = {
     )
 }
 
-_MODEL_ID = re.compile(r"(?:^|/)pythia-(?P<size>[0-9.]+[mb])(?P<deduped>-deduped)?(?:$|[-_/])")
+# The whole last part of a hub id or folder (or the part before a checkpoint's `stepN/` folder):
+# `pythia-1b-sft` or `pythia-1b-deduped-lora` are other models, with their own revisions and size.
+_MODEL_ID = re.compile(r"(?:^|/)pythia-(?P<size>[0-9.]+[mb])(?P<deduped>-deduped)?(?P<v0>-v0)?"
+                       r"(?:/step\d+)?/*$")
 _STEP = re.compile(r"^step(\d+)$")
 
 
-def hub_id(size: str, deduped: bool) -> str:
-    return f"EleutherAI/pythia-{size}{'-deduped' if deduped else ''}"
+@dataclass(frozen=True)
+class PythiaModel:
+    size: PythiaSize
+    deduped: bool
+    v0: bool  # the suite as first released, renamed `-v0` when it was retrained
+
+    @property
+    def suite(self) -> str:
+        return "pythia" + "-deduped" * self.deduped + "-v0" * self.v0
+
+
+def hub_id(size: str, deduped: bool, v0: bool = False) -> str:
+    return f"EleutherAI/pythia-{size}{'-deduped' if deduped else ''}{'-v0' if v0 else ''}"
+
+
+def parse(model: str) -> PythiaModel | None:
+    """The Pythia model a hub id or path names (`EleutherAI/pythia-1b-deduped-v0`,
+    `/models/pythia-1b/step143000`), or None for any other model."""
+    match = _MODEL_ID.search(model)
+    if not match or match.group("size") not in SIZES:
+        return None
+    return PythiaModel(SIZES[match.group("size")], bool(match.group("deduped")),
+                       bool(match.group("v0")))
 
 
 def size_of(model: str) -> PythiaSize | None:
     """The Pythia size a model id or path names (`EleutherAI/pythia-1b-deduped` → 1b), if any."""
-    match = _MODEL_ID.search(model)
-    return SIZES.get(match.group("size")) if match else None
+    found = parse(model)
+    return found.size if found else None
 
 
 def step_of_revision(revision: str | None) -> int | None:
@@ -56,11 +80,11 @@ def step_of_revision(revision: str | None) -> int | None:
 
 
 def suite_of(model: str) -> str | None:
-    """`EleutherAI/pythia-1b` → "pythia", `…-deduped` → "pythia-deduped"; not Pythia → None."""
-    match = _MODEL_ID.search(model)
-    if not match or match.group("size") not in SIZES:
-        return None
-    return "pythia-deduped" if match.group("deduped") else "pythia"
+    """`EleutherAI/pythia-1b` → "pythia", `…-deduped` → "pythia-deduped", `…-v0` →
+    "pythia-v0" or "pythia-deduped-v0" (never grouped with the retrained suite); not Pythia →
+    None."""
+    found = parse(model)
+    return found.suite if found else None
 
 
 def training_compute(params: int, step: int, *, sequences_per_step: int = SEQUENCES_PER_STEP,

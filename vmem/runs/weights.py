@@ -33,8 +33,8 @@ def fingerprint_weights(model: str, revision: str | None, previous: dict | None,
     or `{"sha256": None, "reason"}` where they cannot be found (not a failure: the run goes on).
     `previous` is the fingerprint the run's manifest already holds, if any."""
     local = os.path.isdir(model)
-    folder = Path(model) if local else _hub_snapshot(model, revision, download_dir)
-    paths = _weight_files(folder) if folder else []
+    folder = Path(model) if local else hub_snapshot(model, revision, download_dir)
+    paths = weight_files(folder) if folder else []
     if not paths:
         where = folder or f"the hub cache ({model} at {revision or 'main'})"
         return {"sha256": None, "reason": f"no {', '.join(WEIGHT_KINDS)} files in {where}"}
@@ -60,9 +60,9 @@ def check_unchanged(recorded: dict | None, current: dict | None, model: str) -> 
                         f"{old[:12]} then, {new[:12]} now); restore them or use another --out")
 
 
-def _hub_snapshot(model: str, revision: str | None, download_dir: str | None) -> Path | None:
-    """The cache's snapshot folder of the revision, found through the config.json that loading
-    the model put there."""
+def hub_snapshot(model: str, revision: str | None, download_dir: str | None) -> Path | None:
+    """The cache's snapshot folder of the revision (None where the cache lacks it), found
+    through its config.json as huggingface_hub resolves it: refs/<revision> → commit."""
     from huggingface_hub import try_to_load_from_cache
 
     config = try_to_load_from_cache(model, "config.json", cache_dir=download_dir,
@@ -70,7 +70,7 @@ def _hub_snapshot(model: str, revision: str | None, download_dir: str | None) ->
     return Path(config).parent if isinstance(config, str) else None
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path) -> list[Path]:
     """The files of the first kind the folder holds: the ones an engine loads."""
     for kind in WEIGHT_KINDS:
         found = sorted(p for p in folder.glob(kind) if p.name not in NOT_WEIGHTS)

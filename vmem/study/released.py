@@ -51,10 +51,10 @@ def check_request(step: int, sequences_per_step: int, out: str, *,
 def hub_model(model: str) -> str:
     """`pythia-12b` → `EleutherAI/pythia-12b`, the id `vmem evaluate` records, so the imported run
     groups with evaluated ones; anything else (a hub id, a local folder) as given."""
-    size, suite = pythia.size_of(model), pythia.suite_of(model)
-    if size is None or suite is None or os.path.isdir(model):
+    found = pythia.parse(model)
+    if found is None or os.path.isdir(model):
         return model
-    hub = pythia.hub_id(size.name, suite == "pythia-deduped")
+    hub = pythia.hub_id(found.size.name, found.deduped, found.v0)
     return hub if hub.endswith("/" + model) else model
 
 
