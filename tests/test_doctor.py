@@ -71,8 +71,8 @@ def test_a_sound_setup_passes_every_check(tiny_model_dir, tiny_dataset, tiny_tok
     assert "probe file written, read back and deleted" in table["output"][1]
     assert "Contents" not in s3_client.list_objects_v2(Bucket=s3_bucket)  # nothing left
     found = table["engines agree"][1]
-    assert found.startswith("64 sequences in float32: generate 64 identical, 0 near-tie, 0 real; "
-                            "verify 64 identical, 0 near-tie, 0 real")
+    assert found.startswith("64 sequences [0, 64) in float32: generate 64 identical, 0 near-tie, "
+                            "0 real; verify 64 identical, 0 near-tie, 0 real")
     assert (f"memorized vLLM {MEMORIZED_IN_PAPER_MODE}, "
             f"transformers {MEMORIZED_IN_PAPER_MODE}") in found
 

@@ -149,9 +149,9 @@ def check_model(cfg: EngineConfig) -> tuple[Row, object]:
                             f"--tp {cfg.tp} fits"), config
 
 
-def check_data(doc: Doctor, config) -> tuple[Row, np.ndarray | None]:
+def check_data(doc: Doctor, config) -> tuple[Row, tuple[int, np.ndarray] | None]:
     """The data opens, the range (--checkpoint's) lies inside it, its first and last rows read;
-    returns the sample the engines are compared on."""
+    returns the sample the engines are compared on: its first index and its tokens."""
     from vmem.data import check_window, open_dataset, resolve_range
 
     remedy = ("check --data (PREFIX of .bin + .idx, a shard folder with its .idx, or --seq-len "
@@ -178,7 +178,7 @@ def check_data(doc: Doctor, config) -> tuple[Row, np.ndarray | None]:
         return Row("data", FAIL, f"{found}; token id {top} is outside the model's vocabulary "
                                  f"of {config.vocab_size}",
                    "check that --data is this model's training data and its token dtype"), None
-    return Row("data", OK, found), sample[:, :PROMPT_LEN + CONT_LEN].astype(np.int64)
+    return Row("data", OK, found), (lo, sample[:, :PROMPT_LEN + CONT_LEN].astype(np.int64))
 
 
 def _preview(row: np.ndarray) -> str:
@@ -264,14 +264,12 @@ class Disagreement:
 
 @dataclass(frozen=True)
 class Comparison:
+    start: int  # the dataset index of the sample's first row
     tokens: np.ndarray  # the sample: prompt + true continuation
     first: Outputs  # vLLM's
     second: Outputs  # transformers', the reference
     dtype: str
     disagreements: list[Disagreement]
-
-    def tolerance(self, d: Disagreement, tolerance: float | None) -> float:
-        return TOLERANCE_ULPS * d.ulp if tolerance is None else tolerance
 
     def row(self, tolerance: float | None) -> Row:
         """The agreement check's row: per method, sequences identical, differing only at
@@ -282,7 +280,7 @@ class Comparison:
             kinds: dict[int, bool] = {}  # row -> has a real disagreement
             for d in self.disagreements:
                 if d.method == method:
-                    above = d.gap > self.tolerance(d, tolerance)
+                    above = d.gap > (TOLERANCE_ULPS * d.ulp if tolerance is None else tolerance)
                     kinds[d.row] = kinds.get(d.row, False) or above
                     if above:
                         real.append(d)
@@ -294,69 +292,63 @@ class Comparison:
                      for o in (self.first, self.second)]
         rule = (f"{TOLERANCE_ULPS} ULPs of {self.dtype} at the chosen logit" if tolerance is None
                 else f"{tolerance:g}")
-        found = (f"{n} sequences in {self.dtype}: {'; '.join(counts)} (near-tie: log-prob gap ≤ "
+        found = (f"{n} sequences [{self.start}, {self.start + n}) in {self.dtype}: "
+                 f"{'; '.join(counts)} (near-tie: log-prob gap ≤ "
                  f"{rule}); memorized {ENGINES[0]} {memorized[0]}, {ENGINES[1]} {memorized[1]}")
         if not real:
             return Row("engines agree", OK, found, comparison=self)
         d = max(real, key=lambda d: d.gap)
+        index = self.start + d.row
         return Row("engines agree", FAIL, found,
-                   f"largest: sequence {d.row} ({d.method}, position {d.position}): "
+                   f"largest: sequence {index} ({d.method}, position {d.position}): "
                    f"{ENGINES[0]} {d.tokens[0]}, {ENGINES[1]} {d.tokens[1]}, gap {d.gap:.3g}; "
-                   f"the engines load other weights or compute differently (vmem spot "
-                   f"--engine vllm / hf shows that sequence)", comparison=self)
+                   f"the engines load other weights or compute differently (vmem spot --index "
+                   f"{index} with --engine vllm, then hf, shows it)", comparison=self)
 
 
-def compare(tokens: np.ndarray, first: Outputs, second: Outputs, reference_model,
-            dtype: str) -> Comparison:
+def compare(start: int, tokens: np.ndarray, first: Outputs, second: Outputs, reference_model,
+            dtype: str, rows_per_pass: int = 8) -> Comparison:
     """Where `first` and `second` differ, and by how much under `reference_model` (a
-    transformers model): generation's first differing position per sequence (later prompts
-    differ), every differing position of the teacher-forced pass."""
-    places = []  # (method, row, position, context row of 64 tokens)
+    transformers model): generation's first differing position per sequence (after it the two
+    continue different texts), every differing position of the teacher-forced pass. One
+    forward pass per `rows_per_pass` contexts the reference reads."""
+    import torch
+
+    positions: dict[tuple[str, int], list[int]] = {}  # (method, row) -> differing positions
+    contexts = []  # what the reference reads for each key: 64 tokens
     for row in range(len(tokens)):
         differ = np.flatnonzero(first.generated[row] != second.generated[row])
         if len(differ):
-            # The context up to the position is the prompt and their common prefix.
-            context = np.concatenate([tokens[row, :PROMPT_LEN], second.generated[row]])
-            places.append(("generate", row, int(differ[0]), context))
-        for k in np.flatnonzero(first.greedy[row] != second.greedy[row]):
-            places.append(("verify", row, int(k), tokens[row]))
-    found = []
-    for (method, row, k, _), (gap, ulp) in zip(
-            places, _gaps(reference_model, places, first, second, dtype), strict=True):
-        ours = first.generated if method == "generate" else first.greedy
-        theirs = second.generated if method == "generate" else second.greedy
-        found.append(Disagreement(method, row, k, (int(ours[row, k]), int(theirs[row, k])),
-                                  gap, ulp))
-    return Comparison(tokens, first, second, dtype, found)
-
-
-def _gaps(model, places: list, first: Outputs, second: Outputs, dtype: str,
-          rows_per_pass: int = 8) -> list[tuple[float, float]]:
-    """For each place, |log p(first's token) - log p(second's token)| given the context before
-    the position, and the ULP of `dtype` at second's token's logit, from one forward pass per
-    `rows_per_pass` contexts."""
-    import torch
-
+            positions["generate", row] = [int(differ[0])]
+            # Up to that position: the prompt and the engines' common prefix.
+            contexts.append(np.concatenate([tokens[row, :PROMPT_LEN], second.generated[row]]))
+        differ = np.flatnonzero(first.greedy[row] != second.greedy[row])
+        if len(differ):
+            positions["verify", row] = differ.tolist()
+            contexts.append(tokens[row])
     eps = torch.finfo(getattr(torch, dtype)).eps
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(places), rows_per_pass):
-        chunk = places[i:i + rows_per_pass]
-        ids = torch.from_numpy(np.stack([c[3] for c in chunk]).astype(np.int64)).to(device)
+    device = next(reference_model.parameters()).device
+    keys, found = list(positions), []
+    for i in range(0, len(keys), rows_per_pass):
+        ids = torch.from_numpy(np.stack(contexts[i:i + rows_per_pass]).astype(np.int64))
         with torch.inference_mode():
-            # Logits at PROMPT_LEN - 1 + k predict continuation position k.
-            logits = model(input_ids=ids, logits_to_keep=CONT_LEN + 1).logits.float()
+            # The logits at PROMPT_LEN - 1 + k predict continuation position k.
+            logits = reference_model(input_ids=ids.to(device),
+                                     logits_to_keep=CONT_LEN + 1).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
-        for j, (method, row, k, _) in enumerate(chunk):
-            a = (first.generated if method == "generate" else first.greedy)[row, k]
-            b = (second.generated if method == "generate" else second.greedy)[row, k]
-            gap = abs(float(logprobs[j, k, b] - logprobs[j, k, a]))
-            _, exponent = math.frexp(abs(float(logits[j, k, b])))
-            out.append((gap, eps * 2.0 ** (exponent - 1)))
-    return out
+        for j, (method, row) in enumerate(keys[i:i + rows_per_pass]):
+            ours, theirs = ((first.generated, second.generated) if method == "generate"
+                            else (first.greedy, second.greedy))
+            for k in positions[method, row]:
+                a, b = int(ours[row, k]), int(theirs[row, k])
+                _, exponent = math.frexp(abs(float(logits[j, k, b])))
+                found.append(Disagreement(method, row, k, (a, b),
+                                          abs(float(logprobs[j, k, b] - logprobs[j, k, a])),
+                                          eps * 2.0 ** (exponent - 1)))
+    return Comparison(start, tokens, first, second, dtype, found)
 
 
-def check_agreement(cfg: EngineConfig, config, tokens: np.ndarray,
+def check_agreement(cfg: EngineConfig, config, start: int, tokens: np.ndarray,
                     tolerance: float | None) -> Row:
     """vLLM and transformers on `tokens`, one after the other (on a GPU both would not fit
     beside each other), compared."""
@@ -370,7 +362,7 @@ def check_agreement(cfg: EngineConfig, config, tokens: np.ndarray,
         hf = build_engine(dataclasses.replace(cfg, engine="hf"), config)
         try:
             second = engine_outputs(hf, tokens)
-            comparison = compare(tokens, first, second, hf.model, cfg.dtype)
+            comparison = compare(start, tokens, first, second, hf.model, cfg.dtype)
         finally:
             hf.close()
     except Exception as err:  # an engine that fails here is what the check is for
@@ -397,7 +389,7 @@ def diagnose(doc: Doctor) -> Iterator[Row]:
     yield check_versions(cfg, compared)
     model, config = check_model(cfg)
     yield model
-    data, tokens = check_data(doc, config)
+    data, sample = check_data(doc, config)
     yield data
     yield check_output(doc)
     name = "engines agree"
@@ -406,10 +398,10 @@ def diagnose(doc: Doctor) -> Iterator[Row]:
     elif importlib.util.find_spec("vllm") is None:
         yield Row(name, FAIL, "vLLM is not installed: transformers has nothing to be compared "
                               "with", "pip install 'vmem[gpu]'")
-    elif config is None or tokens is None:
+    elif config is None or sample is None:
         yield _skipped(name, "needs the model and data checks to pass")
     else:
-        yield check_agreement(cfg, config, tokens, doc.tolerance)
+        yield check_agreement(cfg, config, *sample, doc.tolerance)
 
 
 def run_doctor(doc: Doctor) -> bool:
