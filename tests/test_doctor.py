@@ -150,6 +150,21 @@ def test_a_model_that_will_not_load_fails_the_model_check(tmp_path, tiny_model_d
     assert f"model '{broken}' cannot be loaded" in table["model"][1]
 
 
+def test_tokens_beyond_the_models_vocabulary_fail_the_data_check(tmp_path, tiny_model_dir,
+                                                                 tiny_dataset, tiny_tokens):
+    other = tmp_path / "small-vocabulary"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "vocab_size": 256}))
+    code, table = doctor(["--model", str(other), "--data", tiny_dataset,
+                          "--out", str(tmp_path / "out"), "--dtype", "float32"])
+    assert code == 1
+    assert marks(table) == {"machine": OK, "versions": OK, "model": OK, "data": FAIL,
+                            "output": OK, "engines agree": SKIP}
+    top = max(tiny_tokens[:64].max(), tiny_tokens[-1].max())
+    assert f"token id {top} is outside the model's vocabulary of 256" in table["data"][1]
+
+
 def test_bfloat16_where_the_cpu_emulates_it_fails_the_machine_check(
         monkeypatch, tmp_path, tiny_model_dir, tiny_dataset):
     if hardware.on_gpu():
