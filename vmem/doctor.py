@@ -43,6 +43,7 @@ PROMPT_LEN = CONT_LEN = 32  # the paper's window, at offset 0
 TOLERANCE_ULPS = 4
 OK, FAIL, SKIP = "✓", "✗", "–"
 ENGINES = ("vLLM", "transformers")  # the engine compared, and the reference
+AGREEMENT = "engines agree"  # the last check's name, the longest
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,10 @@ def check_versions(cfg: EngineConfig, compare: bool) -> Row:
     try:
         info = describe(dataclasses.replace(cfg, engine="vllm"))
     except Exception as err:  # a vLLM built for another torch fails on import
-        mark = FAIL if needed else OK
-        return Row("versions", mark, f"vLLM does not import: {type(err).__name__}: "
-                                     f"{first_line(err)}", "pip install 'vmem[gpu]'"
-                   if needed else "")
+        found = f"vLLM does not import: {type(err).__name__}: {first_line(err)}"
+        if needed:
+            return Row("versions", FAIL, found, "pip install 'vmem[gpu]'")
+        return Row("versions", OK, found)
     found = (f"torch {info['torch']}, transformers {info.get('transformers')}, vLLM "
              f"{info['vllm']} (model runner {info['model_runner']}: "
              f"{info['model_runner_reason']})")
@@ -169,7 +170,7 @@ def check_data(doc: Doctor, config) -> tuple[Row, tuple[int, np.ndarray] | None]
         last = dataset.read(hi - 1, hi)
     except VmemError as err:
         return _failed("data", err, remedy), None
-    span = "the whole dataset" if doc.checkpoint is None else f"step{doc.checkpoint}'s"
+    span = "the whole dataset" if doc.checkpoint is None else f"seen by step{doc.checkpoint}"
     found = (f"{dataset.layout} {dataset.location}: {dataset.num_sequences} sequences × "
              f"{dataset.seq_len} {dataset.dtype} tokens; range [{lo}, {hi}) ({span}); rows {lo} "
              f"{_preview(sample[0])} and {hi - 1} {_preview(last[0])} read")
@@ -296,10 +297,10 @@ class Comparison:
                  f"{'; '.join(counts)} (near-tie: log-prob gap ≤ "
                  f"{rule}); memorized {ENGINES[0]} {memorized[0]}, {ENGINES[1]} {memorized[1]}")
         if not real:
-            return Row("engines agree", OK, found, comparison=self)
+            return Row(AGREEMENT, OK, found, comparison=self)
         d = max(real, key=lambda d: d.gap)
         index = self.start + d.row
-        return Row("engines agree", FAIL, found,
+        return Row(AGREEMENT, FAIL, found,
                    f"largest: sequence {index} ({d.method}, position {d.position}): "
                    f"{ENGINES[0]} {d.tokens[0]}, {ENGINES[1]} {d.tokens[1]}, gap {d.gap:.3g}; "
                    f"the engines load other weights or compute differently (vmem spot --index "
@@ -352,7 +353,6 @@ def check_agreement(cfg: EngineConfig, config, start: int, tokens: np.ndarray,
                     tolerance: float | None) -> Row:
     """vLLM and transformers on `tokens`, one after the other (on a GPU both would not fit
     beside each other), compared."""
-    name = "engines agree"
     try:
         vllm = build_engine(dataclasses.replace(cfg, engine="vllm"), config)
         try:
@@ -366,7 +366,7 @@ def check_agreement(cfg: EngineConfig, config, start: int, tokens: np.ndarray,
         finally:
             hf.close()
     except Exception as err:  # an engine that fails here is what the check is for
-        return Row(name, FAIL, f"{type(err).__name__}: {first_line(err)}",
+        return Row(AGREEMENT, FAIL, f"{type(err).__name__}: {first_line(err)}",
                    "rerun with --verbose to see the libraries' logs")
     return comparison.row(tolerance)
 
@@ -392,14 +392,13 @@ def diagnose(doc: Doctor) -> Iterator[Row]:
     data, sample = check_data(doc, config)
     yield data
     yield check_output(doc)
-    name = "engines agree"
     if not compared:
-        yield _skipped(name, "--engine hf: transformers alone will run, vLLM is not compared")
+        yield _skipped(AGREEMENT, "--engine hf: transformers alone will run, vLLM is not compared")
     elif importlib.util.find_spec("vllm") is None:
-        yield Row(name, FAIL, "vLLM is not installed: transformers has nothing to be compared "
+        yield Row(AGREEMENT, FAIL, "vLLM is not installed: transformers has nothing to be compared "
                               "with", "pip install 'vmem[gpu]'")
     elif config is None or sample is None:
-        yield _skipped(name, "needs the model and data checks to pass")
+        yield _skipped(AGREEMENT, "needs the model and data checks to pass")
     else:
         yield check_agreement(cfg, config, *sample, doc.tolerance)
 
@@ -407,7 +406,7 @@ def diagnose(doc: Doctor) -> Iterator[Row]:
 def run_doctor(doc: Doctor) -> bool:
     """Print the table row by row; True when no check failed."""
     rows = []
-    width = len("engines agree")
+    width = len(AGREEMENT)
     for row in diagnose(doc):
         rows.append(row)
         print(f"{row.mark} {row.name:<{width}}  {row.found}", flush=True)
