@@ -242,6 +242,31 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--shard", type=int, default=None, help="with --build-only: this part only")
     du.add_argument("--no-progress", dest="progress", action="store_false")
 
+    dr = sub.add_parser("doctor", parents=[common],
+                        help="before a big job, on its node: machine, versions, model, data, "
+                             "output, and whether vLLM and transformers agree on this model")
+    dr.add_argument("--model", required=True, help="Hugging Face id or local model folder")
+    dr.add_argument("--revision", default=None,
+                    help="hub revision (Pythia: stepN; default step{--checkpoint})")
+    dr.add_argument("--checkpoint", type=int, default=None, metavar="N",
+                    help="the job's checkpoint: its range [0, N * sequences per step) must lie "
+                         "in the data, and the engines are compared on its first sequences")
+    dr.add_argument("--engine", choices=["auto", "vllm", "hf"], default="auto",
+                    help="the job's engine; with hf, vLLM is not compared")
+    dr.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+                    help="the job's dtype (auto as for vmem evaluate)")
+    dr.add_argument("--tp", type=int, default=1, help="tensor-parallel size (GPUs per engine)")
+    dr.add_argument("--download-dir", default=None, help="where model weights are cached")
+    dr.add_argument("--data", required=True, help="dataset path or s3:// URL")
+    _add_data_source(dr)
+    dr.add_argument("--out", required=True, help="the job's output folder or s3://bucket/prefix")
+    dr.add_argument("-n", "--sequences", type=int, default=64,
+                    help="sequences the engines are compared on (default 64)")
+    dr.add_argument("--tolerance", type=float, default=None, metavar="GAP",
+                    help="where the engines choose different tokens, the largest log-prob gap "
+                         "between them that counts as a near-tie, not a disagreement (default: "
+                         "4 units in the last place of the dtype at the chosen token's logit)")
+
     demo = sub.add_parser("demo", parents=[common],
                           help="the whole study on a mini suite trained on the spot")
     demo.add_argument("--out", default="demo-out")
@@ -384,6 +409,14 @@ def duplicates_command(args: argparse.Namespace) -> None:
     count_duplicates(Counting(**_fields(Counting, args)))
 
 
+def doctor_command(args: argparse.Namespace) -> None:
+    from vmem.doctor import Doctor, run_doctor
+
+    doctor = Doctor(engine=engine_config(args), **_fields(Doctor, args, skip=("engine",)))
+    if not run_doctor(doctor):
+        raise SystemExit(1)  # a check failed (exit 2 stays a usage error)
+
+
 def demo_command(args: argparse.Namespace) -> None:
     from vmem.demo.run import DEFAULT, QUICK, run_demo
 
@@ -393,7 +426,8 @@ def demo_command(args: argparse.Namespace) -> None:
 COMMANDS = {"data": data_command, "evaluate": evaluate_command, "spot": spot_command,
             "status": status_command, "merge": merge_command, "report": report_command,
             "export-memorized": export_command, "import-released": import_command,
-            "duplicates": duplicates_command, "demo": demo_command}
+            "duplicates": duplicates_command, "doctor": doctor_command,
+            "demo": demo_command}
 
 
 def main(argv: list[str] | None = None) -> int:
