@@ -26,9 +26,9 @@ from vmem.runs.merge import merge_run
 STOP = 200
 
 
-def evaluation(model_dir: str, data: str, out: str, **kw) -> Evaluation:
+def evaluation(model_dir: str, data: str, out: str, stop: int = STOP, **kw) -> Evaluation:
     return Evaluation(engine=EngineConfig(model_dir, engine="hf", dtype="float32"), data=data,
-                      out=out, start=0, stop=STOP, chunk_size=50, progress=False, **kw)
+                      out=out, start=0, stop=stop, chunk_size=50, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")

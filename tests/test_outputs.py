@@ -21,6 +21,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from tests.cli import cli_error
 from tests.test_duplicates import brute_force, planted_rows, write_layout
+from tests.test_merge import evaluation
 from tests.test_released import import_list, write_list
 from tests.test_report import study, write_run  # noqa: F401 (study: the planted runs' fixture)
 from vmem.cli import main
@@ -49,15 +50,10 @@ def local_files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def evaluation(model_dir: str, data: str, out: str, **kw) -> Evaluation:
-    return Evaluation(engine=EngineConfig(model_dir, engine="hf", dtype="float32"), data=data,
-                      out=out, start=0, stop=STOP, chunk_size=50, progress=False, **kw)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, hf_engine, tiny_model_dir, tiny_dataset) -> Path:
     out = tmp_path_factory.mktemp("outputs") / "run"
-    evaluate(evaluation(tiny_model_dir, tiny_dataset, str(out)), engine=hf_engine)
+    evaluate(evaluation(tiny_model_dir, tiny_dataset, str(out), stop=STOP), engine=hf_engine)
     return out
 
 
@@ -214,7 +210,7 @@ def test_stale_staging_neither_shadows_s3_nor_is_uploaded(tmp_path, s3_server, s
     system_tmp = tmp_path / "system-tmp"
     system_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
-    assert evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server),
+    assert evaluate(evaluation(tiny_model_dir, tiny_dataset, url, stop=STOP, s3_endpoint=s3_server),
                     engine=hf_engine)["scored_now"] == STOP
     assert os.listdir(system_tmp) == []  # each file was staged only while it uploaded
     # What earlier releases left in their staging folder for this URL: another run's manifest,
@@ -234,7 +230,7 @@ def test_stale_staging_neither_shadows_s3_nor_is_uploaded(tmp_path, s3_server, s
     leftover = tmp_path / "leftover-staging"
     leftover.mkdir()
     (leftover / "manifest.json").write_text(json.dumps(manifest))
-    again = evaluate(evaluation(tiny_model_dir, tiny_dataset, url, s3_endpoint=s3_server,
+    again = evaluate(evaluation(tiny_model_dir, tiny_dataset, url, stop=STOP, s3_endpoint=s3_server,
                                 staging_dir=str(leftover)), engine=hf_engine)
     assert again["scored_now"] == 50
     assert os.listdir(leftover) == ["manifest.json"]  # the user's file; nothing of this run
