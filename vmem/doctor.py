@@ -187,8 +187,8 @@ def _preview(row: np.ndarray) -> str:
 
 
 def check_output(doc: Doctor) -> Row:
-    """OUT (and on S3 the local staging folder) takes a file: a probe is written, read back and
-    deleted; folders made for it are removed again."""
+    """OUT takes a file: a probe is written, read back and deleted; folders made for it are
+    removed again."""
     from vmem.io.location import Location
     from vmem.runs.folder import MANIFEST, RunFolder
 
@@ -214,10 +214,9 @@ def check_output(doc: Doctor) -> Row:
         holds = target.exists(MANIFEST)
     except VmemError as err:
         return _failed("output", err, remedy)
-    staging = f" (staging in {folder.local.url})" if target.remote else ""
     run = "; holds a run (vmem evaluate resumes it only with the same settings)" if holds else ""
     return Row("output", OK, f"{target.url}: a probe file written, read back and deleted"
-                             f"{staging}{run}")
+                             f"{run}")
 
 
 def _first_missing(path: str) -> str | None:
