@@ -213,8 +213,10 @@ def test_bad_inputs_are_one_line_with_nothing_written(capsys, tmp_path, cli_base
         "model '/nonexistent/model': no such folder":
             ["evaluate", "--model", "/nonexistent/model", "--data", tiny_dataset,
              "--start", "0", "--stop", "8", "--out", str(out)],
-        "--tp 3: expected a size that divides": base + ["--start", "0", "--stop", "8",
-                                                        "--out", str(out), "--tp", "3"],
+        # Tensor parallelism is vLLM's: with --engine hf any --tp > 1 is refused (test_tp
+        # checks the sizes vLLM refuses).
+        "--tp 3: the transformers engine (--engine hf)": base + ["--start", "0", "--stop", "8",
+                                                                 "--out", str(out), "--tp", "3"],
         "--cont-len 80 = 112": base + ["--start", "0", "--stop", "8", "--out", str(out),
                                        "--cont-len", "80"],
         str(NUM_SEQUENCES): base + ["--start", "0", "--stop", "100000", "--out", str(out)],
