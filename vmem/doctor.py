@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import io
 import math
 import os
 import uuid
@@ -33,7 +32,7 @@ from vmem.engines import (
     eos_token_ids,
     load_model_config,
     resolve,
-    warn_untested_vllm,
+    untested_vllm,
 )
 from vmem.errors import VmemError, first_line
 
@@ -122,11 +121,8 @@ def check_versions(cfg: EngineConfig, compare: bool) -> Row:
     found = (f"torch {info['torch']}, transformers {info.get('transformers')}, vLLM "
              f"{info['vllm']} (model runner {info['model_runner']}: "
              f"{info['model_runner_reason']})")
-    warning = io.StringIO()  # the line `vmem evaluate` would warn with, if any
-    with contextlib.redirect_stderr(warning):
-        warn_untested_vllm.__wrapped__(info["vllm"])
-    if warning.getvalue() and needed:
-        untested = warning.getvalue().strip().removeprefix("vmem: warning: ")
+    untested = untested_vllm(info["vllm"])  # the line `vmem evaluate` would warn with
+    if untested and needed:
         return Row("versions", FAIL, f"{found}; {untested}", "pip install 'vmem[gpu]'")
     return Row("versions", OK, found)
 

@@ -210,15 +210,21 @@ def preflight(cfg: EngineConfig):
     return model_config
 
 
+def untested_vllm(version: str) -> str | None:
+    """What is wrong with a vLLM outside `TESTED_VLLM`, in one line; None inside it."""
+    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if release in TESTED_VLLM:
+        return None
+    tested = "–".join(f"{m[0]}.{m[1]}.x" for m in (TESTED_VLLM[0], TESTED_VLLM[-1]))
+    return (f"vLLM {version} is outside the range vmem is tested with ({tested}); "
+            f"pip install 'vmem[gpu]' installs the tested release")
+
+
 @cache
 def warn_untested_vllm(version: str) -> None:
-    """One line on stderr, once per process, for a vLLM outside `TESTED_VLLM`."""
-    release = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-    if release not in TESTED_VLLM:
-        tested = "–".join(f"{m[0]}.{m[1]}.x" for m in (TESTED_VLLM[0], TESTED_VLLM[-1]))
-        print(f"vmem: warning: vLLM {version} is outside the range vmem is tested with "
-              f"({tested}); pip install 'vmem[gpu]' installs the tested release",
-              file=sys.stderr)
+    """`untested_vllm`'s line on stderr, once per process."""
+    if problem := untested_vllm(version):
+        print(f"vmem: warning: {problem}", file=sys.stderr)
 
 
 def model_runner() -> tuple[str, str]:
