@@ -15,10 +15,44 @@ import numpy as np
 import pandas as pd
 
 from vmem.study.comparisons import checkpoints_by_model
+from vmem.study.context import Study
+from vmem.study.display import show
+from vmem.study.document import Document
 from vmem.study.merged_runs import Run
 
 COLUMNS = ["model", "from_step", "to_step", "kept", "forgotten", "new", "never"]
 RECURRENCE_COLUMNS = ["model", "checkpoints", "sequences", "forgotten", "memorized_again"]
+
+
+def tables(study: Study) -> dict[str, pd.DataFrame]:
+    found = {"forgetting": forgetting_table(study.standing),
+             "forgetting_recurrence": recurrence_table(study.standing)}
+    return {name: table for name, table in found.items() if len(table)}
+
+
+def figures(study: Study, folder: Path) -> dict[str, str]:
+    if "forgetting" not in study.tables:
+        return {}
+    forgetting_figure(study.tables["forgetting"], folder / "forgetting.png")
+    return {"forgetting": "forgetting.png"}
+
+
+def section(doc: Document, study: Study) -> None:
+    if "forgetting" not in study.tables:
+        return
+    doc.section("Forgetting between checkpoints")
+    doc.paragraph("Consecutive checkpoints of each model, on the sequences both have evaluated "
+                  "and the earlier one had already trained on: memorized at both (kept), at the "
+                  "earlier only (forgotten), at the later only (new), at neither (never).")
+    doc.table(show(study.tables["forgetting"]))
+    doc.figure(study.figures["forgetting"],
+               "Forgotten and newly memorized sequences per transition.")
+    if "forgetting_recurrence" in study.tables:
+        doc.paragraph("Over the sequences all checkpoints of a model evaluated, each from the "
+                      "first checkpoint that had trained on it: memorized at one checkpoint and "
+                      "not at a later one (forgotten), and of those, memorized again at a still "
+                      "later one.")
+        doc.table(show(study.tables["forgetting_recurrence"]))
 
 
 def seen_by_both(before: Run, after: Run) -> tuple[int, int]:

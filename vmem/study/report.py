@@ -13,6 +13,8 @@ from vmem.errors import VmemError
 from vmem.io.location import Output
 from vmem.study import analysis, extraction, figures, forgetting, integrity, taxonomy
 from vmem.study.comparisons import FAMILIES, plan_comparisons, split_twins, without_final
+from vmem.study.context import Study
+from vmem.study.display import count, number, percent, show
 from vmem.study.document import Document
 from vmem.study.duplication import (
     Duplicates,
@@ -24,6 +26,9 @@ from vmem.study.duplication import (
 )
 from vmem.study.merged_runs import Run, load_runs
 from vmem.study.taxonomy import RECITATION_THRESHOLD, Sequences
+
+# The analyses in the order the report shows them (see vmem.study.context for their shape).
+ANALYSES = (forgetting,)
 
 
 def report(folders: Sequence[str], out: str | os.PathLike, *, duplicates: str | None = None,
@@ -78,15 +83,23 @@ def write_report(runs: list[Run], results: str, out: str | os.PathLike,
     report into a temporary folder and put it in place of `out` (local or s3://) whole."""
     target = report_output(out, s3_endpoint=s3_endpoint)
     runs = sorted(runs, key=lambda r: (r.suite, r.params or 0, r.step or 0, r.name))
+    standing, twins = split_twins(runs, results)  # one run per model and checkpoint
+    study = Study(runs, results, standing, twins, duplicates, sequences, recitation_threshold)
     tables, fits, notes = _tables(runs, results, duplicates, sequences, recitation_threshold)
+    study.tables.update(tables)
+    for part in ANALYSES:
+        study.tables.update(part.tables(study))
     with target.folder() as tmp:
         (tmp / "tables").mkdir()
         (tmp / "figures").mkdir()
-        for name, table in tables.items():
+        for name, table in study.tables.items():
             table.to_csv(tmp / "tables" / f"{name}.csv", index=False, float_format="%.10g",
                          lineterminator="\n")
-        drawn = _figures(runs, tables, fits, tmp / "figures")
-        document = _document(runs, results, tables, drawn, notes)
+        study.figures.update(_figures(runs, tables, fits, tmp / "figures"))
+        for part in ANALYSES:
+            study.figures.update((name, f"figures/{file}") for name, file in
+                                 part.figures(study, tmp / "figures").items())
+        document = _document(study, notes)
         (tmp / "report.md").write_text(document.markdown(), encoding="utf-8")
         (tmp / "report.html").write_text(document.html(tmp), encoding="utf-8")
 
@@ -119,8 +132,6 @@ def _tables(runs: list[Run], results: str, duplicates: Duplicates | None,
     if twins:
         tables["method_agreement"] = analysis.method_agreement_table(twins)
     optional = {
-        "forgetting": forgetting.forgetting_table(standing),
-        "forgetting_recurrence": forgetting.recurrence_table(standing),
         "extraction_np": extraction.np_table(runs),
         "approximate": extraction.approximate_table(runs),
     }
@@ -162,8 +173,6 @@ def _figures(runs: list[Run], tables: dict[str, pd.DataFrame], fits: dict,
         draw("logprob", figures.logprob_histograms, tables["logprob_histogram"])
     if "prompt_length" in tables:
         draw("prompt_length", figures.prompt_length, tables["prompt_length"])
-    if "forgetting" in tables:
-        draw("forgetting", forgetting.forgetting_figure, tables["forgetting"])
     if "extraction_np" in tables:
         draw("extraction_np", extraction.np_figure, tables["extraction_np"])
     if len(tables.get("duplication", ())):
@@ -175,13 +184,13 @@ def _figures(runs: list[Run], tables: dict[str, pd.DataFrame], fits: dict,
     return drawn
 
 
-def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
-              drawn: dict[str, str], notes: dict) -> Document:
+def _document(study: Study, notes: dict) -> Document:
+    runs, results, tables, drawn = study.runs, study.results, study.tables, study.figures
     rates, pred = tables["memorization_rates"], tables["predictability"]
     doc = Document("Memorization report")
     doc.paragraph(
         f"Made by `vmem report` from `{results}`: {len(runs)} runs, "
-        f"{_int(sum(r.evaluated for r in runs))} sequence evaluations in all. Each sequence's "
+        f"{count(sum(r.evaluated for r in runs))} sequence evaluations in all. Each sequence's "
         "first tokens are a prompt; the model continues it greedily, and the memorization score "
         "is the share of continuation tokens equal to the true ones. A sequence is memorized "
         "when the score is 1. Verification runs (method verify) decide that flag exactly from "
@@ -198,10 +207,10 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         doc.bullets([integrity.describe_pair(a, b) for a, b in pairs])
 
     doc.heading("What was evaluated")
-    doc.table(_show(pd.DataFrame(dict(
+    doc.table(show(pd.DataFrame(dict(
         run=[r.name for r in runs], model=[r.label for r in runs], suite=[r.suite for r in runs],
         step=[r.step for r in runs], params=[r.params for r in runs],
-        indices=[f"[{_int(r.start)}, {_int(r.stop)})" for r in runs],
+        indices=[f"[{count(r.start)}, {count(r.stop)})" for r in runs],
         sequences=[r.evaluated for r in runs], method=[r.method for r in runs],
         prompt_len=[",".join(map(str, sorted(r.prefix_by_prompt_len))) or str(r.prompt_len)
                     for r in runs], cont_len=[r.cont_len for r in runs],
@@ -211,7 +220,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     doc.bullets(_headlines(tables))
 
     doc.section("Memorized share per run")
-    doc.table(_show(rates[["run", "model", "step", "params", "evaluated", "memorized", "share"]]))
+    doc.table(show(rates[["run", "model", "step", "params", "evaluated", "memorized", "share"]]))
     doc.figure(drawn["memorization_rates"], "Share of evaluated sequences with score 1, per run.")
 
     flags_only = [r.name for r in runs if r.matches is None]
@@ -220,7 +229,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         doc.paragraph("Most sequences score low; the share of each possible score value is "
                       "plotted on a log scale, as in the paper. All values: "
                       "`tables/score_distribution.csv`.")
-        doc.table(_show(_distribution_summary(tables["score_distribution"])))
+        doc.table(show(_distribution_summary(tables["score_distribution"])))
         doc.figure(drawn["score_distribution"],
                    "Share of sequences at each score value (log scale).")
     _needs_generation(doc, flags_only)
@@ -229,7 +238,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     doc.paragraph("'Memorized by the cheap run' used as a classifier of 'memorized by the target "
                   f"run'. Family A: {FAMILIES['A']}. Family B: {FAMILIES['B']}.")
     if len(pred):
-        doc.table(_show(pred[["family", "cheap", "target", "tp", "fp", "fn", "tn", "precision",
+        doc.table(show(pred[["family", "cheap", "target", "tp", "fp", "fn", "tn", "precision",
                               "recall", "fpr", "f1"]]))
         doc.figure(drawn["predictability"], "Precision and recall of each comparison.")
     else:
@@ -248,9 +257,9 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
                   "line through 2 points fits them exactly, so its R² of 1 says nothing.")
     if "recall_vs_compute" in drawn:
         if len(tables["compute_fit"]):
-            doc.table(_show(tables["compute_fit"]))
+            doc.table(show(tables["compute_fit"]))
         if len(tables["equi_compute"]):
-            doc.table(_show(tables["equi_compute"]))
+            doc.table(show(tables["equi_compute"]))
         doc.figure(drawn["recall_vs_compute"], "Recall against compute, log-log, with fits.")
     else:
         doc.paragraph("No comparison with a known compute (parameters and step of the cheap run).")
@@ -259,7 +268,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     if "score_by_step" in drawn:
         doc.paragraph("Mean score of the sequences seen in each group of training steps; the "
                       "slope is a least-squares line over all of a run's sequences.")
-        doc.table(_show(tables["score_trend"][["run", "sequences", "mean_score",
+        doc.table(show(tables["score_trend"][["run", "sequences", "mean_score",
                                                "slope_per_1000_steps", "step_first",
                                                "step_last"]]))
         doc.figure(drawn["score_by_step"], "Mean memorization score against training step.")
@@ -269,7 +278,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         doc.section("Continuation log-probability")
         doc.paragraph("Teacher-forced log-probability of the true continuation (runs evaluated "
                       "with --logprobs), memorized vs other sequences.")
-        doc.table(_show(tables["logprob_summary"]))
+        doc.table(show(tables["logprob_summary"]))
         doc.figure(drawn["logprob"], "Distribution of the continuation's log-probability.")
 
     if "prompt_length" in drawn:
@@ -277,7 +286,7 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
         doc.paragraph("Verification runs over several prompt lengths (at one offset): the share "
                       "of sequences whose continuation greedy decoding reproduces exactly, per "
                       "prompt length, all from one teacher-forced pass per sequence.")
-        doc.table(_show(tables["prompt_length"][["run", "prompt_len", "evaluated", "memorized",
+        doc.table(show(tables["prompt_length"][["run", "prompt_len", "evaluated", "memorized",
                                                  "share"]]))
         doc.figure(drawn["prompt_length"], "Memorized share against prompt length.")
 
@@ -291,16 +300,16 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
                       "apart (none in float32 in vmem's tests; more likely in float16/bfloat16). "
                       "A released list comes from the paper's own evaluation (float16 "
                       "generation).")
-        doc.table(_show(tables["method_agreement"]))
+        doc.table(show(tables["method_agreement"]))
 
     doc.section("Checkpoint integrity")
     doc.paragraph(integrity.summary(runs, pairs) + " The SHA-256 shows its first 12 hex digits; "
                   "all 64 are in `tables/weights.csv`.")
     weights = tables["weights"]
-    doc.table(_show(weights.assign(weights_sha256=weights["weights_sha256"].str[:12])))
+    doc.table(show(weights.assign(weights_sha256=weights["weights_sha256"].str[:12])))
 
-    if "forgetting" in tables:
-        _forgetting_section(doc, tables, drawn)
+    for part in ANALYSES:
+        part.section(doc, study)
     if "extraction_np" in tables:
         _np_section(doc, tables, drawn)
     if "approximate" in tables:
@@ -317,22 +326,6 @@ def _document(runs: list[Run], results: str, tables: dict[str, pd.DataFrame],
     return doc
 
 
-def _forgetting_section(doc: Document, tables: dict[str, pd.DataFrame],
-                        drawn: dict[str, str]) -> None:
-    doc.section("Forgetting between checkpoints")
-    doc.paragraph("Consecutive checkpoints of each model, on the sequences both have evaluated "
-                  "and the earlier one had already trained on: memorized at both (kept), at the "
-                  "earlier only (forgotten), at the later only (new), at neither (never).")
-    doc.table(_show(tables["forgetting"]))
-    doc.figure(drawn["forgetting"], "Forgotten and newly memorized sequences per transition.")
-    if "forgetting_recurrence" in tables:
-        doc.paragraph("Over the sequences all checkpoints of a model evaluated, each from the "
-                      "first checkpoint that had trained on it: memorized at one checkpoint and "
-                      "not at a later one (forgotten), and of those, memorized again at a still "
-                      "later one.")
-        doc.table(_show(tables["forgetting_recurrence"]))
-
-
 def _np_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dict[str, str]) -> None:
     doc.section("Probabilistic extraction")
     doc.paragraph("Runs with the continuation's log-probability: p_z = exp(cont_logprob) is the "
@@ -343,7 +336,7 @@ def _np_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dict[str,
                                                values="share", sort=False)
     wide.columns = [f"n={n}" for n in wide.columns]
     shown = wide.reset_index()
-    doc.table(_show(shown).assign(**{c: [_pct(v) for v in shown[c]] for c in wide.columns}))
+    doc.table(show(shown).assign(**{c: [percent(v) for v in shown[c]] for c in wide.columns}))
     doc.figure(drawn["extraction_np"], "(n, p)-extractable share against the number of samples.")
 
 
@@ -353,7 +346,7 @@ def _approximate_section(doc: Document, tables: dict[str, pd.DataFrame]) -> None
                   "1 − token-level Levenshtein distance / continuation length (Ippolito et al. "
                   "2022), and the share of sequences above 0.9 and 0.75, beside exact "
                   "memorization (similarity 1).")
-    doc.table(_show(tables["approximate"]))
+    doc.table(show(tables["approximate"]))
 
 
 def _duplication_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dict[str, str],
@@ -365,11 +358,11 @@ def _duplication_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: 
                   f"`{duplicates.source}` ({duplicates.layout}), in buckets by powers of two. "
                   f"All values: `tables/duplication.csv`."
                   + (" Sequences the table does not list are left out: "
-                     + ", ".join(f"{run} {_int(n)}" for run, n in unlisted.items()) + "."
+                     + ", ".join(f"{run} {count(n)}" for run, n in unlisted.items()) + "."
                      if unlisted else ""))
     table = tables["duplication"]
     if len(table):
-        doc.table(_show(table[["run", "occurrences", "sequences", "memorized", "share"]]))
+        doc.table(show(table[["run", "occurrences", "sequences", "memorized", "share"]]))
         doc.figure(drawn["duplication"], "Memorized share by the sequence's occurrences.")
     else:
         doc.paragraph("The table lists none of the evaluated sequences.")
@@ -379,7 +372,7 @@ def _duplication_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: 
                       "`tables/token_rarity.csv`.")
         rarity = tables["token_rarity"]
         if len(rarity):
-            doc.table(_show(rarity[["run", "rarest_token_frequency", "sequences", "memorized",
+            doc.table(show(rarity[["run", "rarest_token_frequency", "sequences", "memorized",
                                     "share"]]))
             doc.figure(drawn["token_rarity"], "Memorized share by the rarest token's frequency.")
     else:
@@ -411,7 +404,7 @@ def _taxonomy_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: dic
     shares = table.pivot_table(index="run", columns="category", values="share", sort=False)
     shown = pd.DataFrame({"run": wide.index})
     for category in wide.columns:
-        shown[category] = [f"{_int(n)} ({_pct(v)})" for n, v in
+        shown[category] = [f"{count(n)} ({percent(v)})" for n, v in
                            zip(wide[category], shares[category], strict=True)]
     doc.table(shown)
     doc.figure(drawn["taxonomy"], "Memorized sequences per category against model size and "
@@ -443,14 +436,14 @@ def _headlines(tables: dict[str, pd.DataFrame]) -> list[str]:
     for which, row in (("Highest", rates.loc[rates["share"].idxmax()]),
                        ("Lowest", rates.loc[rates["share"].idxmin()])):
         lines.append(f"{which} memorized share: {row['run']} ({row['model']}), "
-                     f"{_pct(row['share'])} ({_int(row['memorized'])} of "
-                     f"{_int(row['evaluated'])}).")
+                     f"{percent(row['share'])} ({count(row['memorized'])} of "
+                     f"{count(row['evaluated'])}).")
     for family, rows in pred.groupby("family", sort=True):
         lines.append(f"Family {family} ({FAMILIES[family]}): {len(rows)} comparisons, mean "
-                     f"precision {_num(rows['precision'].mean())}, mean recall "
-                     f"{_num(rows['recall'].mean())}.")
+                     f"precision {number(rows['precision'].mean())}, mean recall "
+                     f"{number(rows['recall'].mean())}.")
     for row in tables["compute_fit"].itertuples():
-        quality = (f"R² {_num(row.r2)}" if row.points >= analysis.MIN_R2_POINTS
+        quality = (f"R² {number(row.r2)}" if row.points >= analysis.MIN_R2_POINTS
                    else f"R² needs {analysis.MIN_R2_POINTS} or more points")
         lines.append(f"Family {row.family} → {row.target}: recall ∝ compute^{row.exponent:.3f} "
                      f"({quality}, {row.points} points).")
@@ -474,36 +467,3 @@ def _distribution_summary(distribution: pd.DataFrame) -> pd.DataFrame:
                          score_at_least_half=d.loc[d["score"] >= 0.5, "share"].sum(),
                          score_1=d["share"].iloc[-1]))
     return pd.DataFrame(rows)
-
-
-def _show(frame: pd.DataFrame) -> pd.DataFrame:
-    """Display strings: counts with separators, shares as percentages, others 3-4 digits."""
-    shown = pd.DataFrame(index=frame.index)
-    for column in frame.columns:
-        values = frame[column]
-        if "share" in column or column in ("score_0", "score_at_least_half", "score_1",
-                                            "agreement"):
-            shown[column] = [_pct(v) for v in values]
-        elif column in ("step", "cheap_step", "step_first", "step_last", "points"):
-            shown[column] = ["–" if pd.isna(v) else str(int(v)) for v in values]
-        elif pd.api.types.is_integer_dtype(values) or column == "params":
-            shown[column] = [_int(v) for v in values]
-        elif pd.api.types.is_float_dtype(values):
-            shown[column] = [_num(v) for v in values]
-        else:
-            shown[column] = values.astype(str)
-    return shown.reset_index(drop=True)
-
-
-def _int(v) -> str:
-    return "–" if v is None or pd.isna(v) else f"{int(v):,}"
-
-
-def _pct(v: float) -> str:
-    return "–" if pd.isna(v) else f"{v:.3%}"
-
-
-def _num(v: float) -> str:
-    if pd.isna(v):
-        return "–"
-    return f"{v:.3e}" if v != 0 and not 1e-3 <= abs(v) < 1e5 else f"{v:.4g}"
