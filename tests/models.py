@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from tests.required import unavailable
 from vmem import hardware
@@ -42,10 +42,12 @@ def make_tokens(seed: int = 0) -> np.ndarray:
     return rows
 
 
-def train_to_memorize(rows: np.ndarray, folder, steps: int = 150, seed: int = 0) -> None:
-    """Overfit the tiny model on `rows`' first 64 tokens and save it (fp32, safetensors)."""
+def train_to_memorize(rows: np.ndarray, folder, steps: int = 150, seed: int = 0,
+                      config=None) -> None:
+    """Overfit a tiny model (GPT-NeoX's `tiny_config` unless `config` names another) on `rows`'
+    first 64 tokens and save it (fp32, safetensors)."""
     torch.manual_seed(seed)
-    model = GPTNeoXForCausalLM(tiny_config())
+    model = AutoModelForCausalLM.from_config(config or tiny_config())
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
     batch = torch.from_numpy(rows[:, :64].astype(np.int64))
     model.train()

@@ -68,12 +68,17 @@ class Choice:
     reason: str
 
 
-def choose_dtype(dtype: str) -> Choice:
-    """`auto`: float16 on GPU (the paper's dtype); on CPU bfloat16 only where the CPU computes it
-    in hardware, float32 elsewhere (emulated bfloat16 ran 150x slower than float32 on AVX2)."""
+def choose_dtype(dtype: str, cfg: EngineConfig | None = None) -> Choice:
+    """`auto`: on GPU float16 (the paper's dtype), or bfloat16 for a model `cfg` whose own dtype
+    it is; on CPU bfloat16 only where the CPU computes it in hardware, float32 elsewhere
+    (emulated bfloat16 ran 150x slower than float32 on AVX2)."""
     if dtype != "auto":
         return Choice(dtype, "--dtype")
     if hardware.on_gpu():
+        if cfg is not None and native_dtype(load_model_config(
+                cfg.model, cfg.revision, cfg.download_dir)) == "bfloat16":
+            return Choice("bfloat16", "GPU: the model's own dtype (float16 overflows where a "
+                                      "model trained in bfloat16 has large activations)")
         return Choice("float16", "GPU: the paper's dtype")
     kind = hardware.cpu_kind()
     if hardware.native_bf16():
@@ -106,7 +111,7 @@ def resolve(cfg: EngineConfig, recorded: dict | None = None) -> tuple[EngineConf
     recorded = recorded or {}
     choices = {}
     for name, choose in (("engine", lambda v: choose_engine(v, cfg.tp)),
-                         ("dtype", choose_dtype)):
+                         ("dtype", lambda v: choose_dtype(v, cfg))):
         value = getattr(cfg, name)
         if value == "auto" and name in recorded:
             choices[name] = Choice(recorded[name], "as the run's manifest records")
@@ -125,11 +130,41 @@ def load_model_config(model: str, revision: str | None, download_dir: str | None
     if not _looks_local(model):
         check_cached(model, revision, download_dir)
     try:
-        return AutoConfig.from_pretrained(model, revision=revision, cache_dir=download_dir)
+        config = AutoConfig.from_pretrained(model, revision=revision, cache_dir=download_dir)
     except (OSError, ValueError) as err:
         where = f"model '{model}'" + (f" at revision '{revision}'" if revision else "")
         reason = first_line(err)
         raise VmemError(f"{where} cannot be loaded: {reason}") from None
+    # Generation stops at the generation config's end-of-text ids too (OLMo-2 lists them
+    # there): vmem's config is where every engine reads them from.
+    if ids := set(_ids(config.eos_token_id)) | set(generation_eos_ids(model, revision,
+                                                                      download_dir)):
+        config.eos_token_id = sorted(ids)
+    return config
+
+
+def generation_eos_ids(model: str, revision: str | None, download_dir: str | None
+                       ) -> tuple[int, ...]:
+    """The end-of-text ids of the model's generation config; none without one."""
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(model, revision=revision,
+                                                      cache_dir=download_dir)
+    except OSError:  # no generation_config.json
+        return ()
+    return _ids(generation.eos_token_id)
+
+
+def _ids(eos: int | list[int] | None) -> tuple[int, ...]:
+    """A config's `eos_token_id`, which may be one id, a list or None, as a tuple."""
+    return tuple(int(i) for i in (eos if isinstance(eos, list) else [] if eos is None else [eos]))
+
+
+def native_dtype(config) -> str | None:
+    """The dtype the model's weights were saved in, as its config records it."""
+    found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return None if found is None else str(found).removeprefix("torch.")
 
 
 def check_cached(model: str, revision: str | None, download_dir: str | None) -> None:
@@ -168,9 +203,7 @@ def _looks_local(model: str) -> bool:
 
 def eos_token_ids(config) -> tuple[int, ...]:
     """Every end-of-text id of the model (`eos_token_id` may be a list); GPT-NeoX's is 0."""
-    eos = getattr(config, "eos_token_id", None)
-    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
-    return tuple(sorted({int(i) for i in ids})) or (0,)
+    return tuple(sorted(set(_ids(getattr(config, "eos_token_id", None))))) or (0,)
 
 
 def check_tensor_parallel(tp: int, model_config) -> None:
