@@ -148,6 +148,34 @@ def test_predictability_confusion_matrices_are_exact(study: Path, tmp_path: Path
     assert (per_run["sequences"].sum() == rates["evaluated"].reindex(per_run.size().index)).all()
 
 
+def test_index_bound_restricts_every_comparison_as_mem_graph_did(study: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    bound = 300
+    out = tmp_path / "report"
+    assert main(["report", str(study), "-o", str(out), "--index-bound", str(bound)]) == 0
+    pred = pd.read_csv(out / "tables" / "predictability.csv").set_index(["family", "cheap"])
+    target = set(BOTH + TARGET_ONLY + TARGET_OUTSIDE)
+    for key, cheap, start in ((("A", "pythia-70m-step143000"), set(BOTH + CHEAP_ONLY), 100),
+                              (("B", "pythia-410m-step23000"), set(EARLY), 0)):
+        row = pred.loc[key]
+        below = set(range(start, bound))
+        c, t = cheap & below, target & below
+        assert (row["start"], row["stop"]) == (start, bound)
+        assert (row["tp"], row["fp"], row["fn"], row["tn"]) == (
+            len(c & t), len(c - t), len(t - c), len(below - c - t))
+    assert "below index 300 (`--index-bound`)" in (out / "report.md").read_text()
+
+    err = cli_error(capsys, ["report", str(study), "-o", str(tmp_path / "r0"),
+                             "--index-bound", "0"])
+    assert err == "vmem: error: --index-bound 0: expected a positive sequence index " \
+                  "(mem_graph.py's is 23552000)"
+    err = cli_error(capsys, ["report", str(study), "-o", str(tmp_path / "r1"),
+                             "--index-bound", "50"])
+    assert "--index-bound 50: runs pythia-70m-step143000 and pythia-410m-step143000 share only " \
+           "indices [100, 1000), none below it" in err
+    assert not (tmp_path / "r0").exists() and not (tmp_path / "r1").exists()
+
+
 def test_passes_in_small_chunks_agree_with_pandas(tmp_path: Path, monkeypatch) -> None:
     """The chunked numpy passes, with chunks far smaller than the runs, against a plain
     pandas computation on the same files."""

@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", default=None,
                     help="the runs' training data, for the taxonomy's templating and examples "
                          "(default: each run's dataset as its manifest records it)")
+    rp.add_argument("--index-bound", type=int, default=None, metavar="N",
+                    help="compare runs (predictability) only on sequence indices below N, as "
+                         "the paper's mem_graph.py did with 23552000 (default: every index "
+                         "both runs evaluated)")
     _add_s3_endpoint(rp)
 
     ex = sub.add_parser("export-memorized", parents=[common],
@@ -358,7 +362,8 @@ def report_command(args: argparse.Namespace) -> None:
 
     runs = report(args.results, args.output, duplicates=args.duplicates,
                   tokenizer=args.tokenizer, data=args.data,
-                  recitation_threshold=args.recitation_threshold, s3_endpoint=args.s3_endpoint)
+                  recitation_threshold=args.recitation_threshold, index_bound=args.index_bound,
+                  s3_endpoint=args.s3_endpoint)
     out = args.output.rstrip("/")
     print(f"vmem report: {len(runs)} runs → {out}/report.html, report.md, tables/, figures/")
 

@@ -87,17 +87,21 @@ class Confusion:
         return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
 
 
-def overlap(a: Run, b: Run) -> tuple[int, int]:
-    """The sequence indices both runs have seen; a comparison is restricted to them."""
+def overlap(a: Run, b: Run, bound: int | None = None) -> tuple[int, int]:
+    """The sequence indices both runs have seen (below `bound` where given); a comparison is
+    restricted to them."""
     start, stop = max(a.start, b.start), min(a.stop, b.stop)
     if start >= stop:
         raise VmemError(f"runs {a.name} [{a.start}, {a.stop}) and {b.name} [{b.start}, {b.stop}) "
                         "share no sequence index; a comparison needs sequences both have seen")
-    return start, stop
+    if bound is not None and start >= bound:
+        raise VmemError(f"--index-bound {bound}: runs {a.name} and {b.name} share only indices "
+                        f"[{start}, {stop}), none below it")
+    return start, stop if bound is None else min(stop, bound)
 
 
-def confusion(cheap: Run, target: Run) -> Confusion:
-    start, stop = overlap(cheap, target)
+def confusion(cheap: Run, target: Run, bound: int | None = None) -> Confusion:
+    start, stop = overlap(cheap, target, bound)
     both = by_cheap = by_target = 0
     for a, b in _chunks(start, stop):
         c, t = cheap.memorized(a, b), target.memorized(a, b)
@@ -108,11 +112,13 @@ def confusion(cheap: Run, target: Run) -> Confusion:
                      tn=(stop - start) - by_cheap - by_target + both)
 
 
-def predictability_table(comparisons: list[Comparison]) -> pd.DataFrame:
+def predictability_table(comparisons: list[Comparison], bound: int | None = None
+                         ) -> pd.DataFrame:
+    """Each comparison on the sequences both runs have seen, below `bound` where given."""
     rows = []
     for comp in comparisons:
-        cm = confusion(comp.cheap, comp.target)
-        start, stop = overlap(comp.cheap, comp.target)
+        cm = confusion(comp.cheap, comp.target, bound)
+        start, stop = overlap(comp.cheap, comp.target, bound)
         compute = comp.cheap.compute
         rows.append(dict(family=comp.family, cheap=comp.cheap.name, target=comp.target.name,
                          tp=cm.tp, fp=cm.fp, fn=cm.fn, tn=cm.tn, precision=cm.precision,

@@ -32,6 +32,7 @@ class Study:
     duplicates: Duplicates | None = None
     sequences: Sequences | None = None  # the tokenizer and tokens, for text
     recitation_threshold: int = RECITATION_THRESHOLD
+    index_bound: int | None = None  # comparisons only below this index (mem_graph.py's)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, str] = field(default_factory=dict)  # name → path inside the report
     notes: dict[str, object] = field(default_factory=dict)  # facts for the text that are no table

@@ -27,13 +27,16 @@ from vmem.study.duplication import (
 from vmem.study.merged_runs import Run, load_runs
 from vmem.study.taxonomy import RECITATION_THRESHOLD, Sequences
 
+# EleutherAI/pythia's mem_graph.py compares runs only below this index: 23,000 steps of 1,024
+# sequences, what every checkpoint of the paper's grid has seen.
+MEM_GRAPH_BOUND = 23_000 * 1024
 # The analyses in the order the report shows them (see vmem.study.context for their shape).
 ANALYSES = (forgetting,)
 
 
 def report(folders: Sequence[str], out: str | os.PathLike, *, duplicates: str | None = None,
            tokenizer: str | None = None, data: str | None = None,
-           recitation_threshold: int = RECITATION_THRESHOLD,
+           recitation_threshold: int = RECITATION_THRESHOLD, index_bound: int | None = None,
            s3_endpoint: str | None = None) -> list[Run]:
     """The report of the merged runs anywhere under `folders` (local or s3://) into the folder
     `out` (local or s3://); with a `duplicates` table the memorized share by duplication and the
@@ -41,6 +44,9 @@ def report(folders: Sequence[str], out: str | os.PathLike, *, duplicates: str | 
     tokens: `data`, else each run's recorded dataset)."""
     report_output(out, s3_endpoint=s3_endpoint)  # before anything is read
     taxonomy.check_threshold(recitation_threshold)
+    if index_bound is not None and index_bound < 1:
+        raise VmemError(f"--index-bound {index_bound}: expected a positive sequence index "
+                        f"(mem_graph.py's is {MEM_GRAPH_BOUND})")
     if tokenizer is not None and duplicates is None:
         raise VmemError("--tokenizer: the taxonomy and its examples need counts; give "
                         "--duplicates too")
@@ -58,7 +64,7 @@ def report(folders: Sequence[str], out: str | os.PathLike, *, duplicates: str | 
     counts = None if duplicates is None else read_duplicates(duplicates, s3_endpoint=s3_endpoint)
     runs = load_runs(folders, s3_endpoint=s3_endpoint)
     write_report(runs, ", ".join(folders), out, counts, sequences, recitation_threshold,
-                 s3_endpoint=s3_endpoint)
+                 index_bound=index_bound, s3_endpoint=s3_endpoint)
     return runs
 
 
@@ -78,14 +84,15 @@ def report_output(out: str | os.PathLike, *, s3_endpoint: str | None = None) -> 
 def write_report(runs: list[Run], results: str, out: str | os.PathLike,
                  duplicates: Duplicates | None = None, sequences: Sequences | None = None,
                  recitation_threshold: int = RECITATION_THRESHOLD, *,
-                 s3_endpoint: str | None = None) -> None:
+                 index_bound: int | None = None, s3_endpoint: str | None = None) -> None:
     """Compute everything first (a bad input fails before anything is written), then write the
     report into a temporary folder and put it in place of `out` (local or s3://) whole."""
     target = report_output(out, s3_endpoint=s3_endpoint)
     runs = sorted(runs, key=lambda r: (r.suite, r.params or 0, r.step or 0, r.name))
     standing, twins = split_twins(runs, results)  # one run per model and checkpoint
-    study = Study(runs, results, standing, twins, duplicates, sequences, recitation_threshold)
-    tables, fits, notes = _tables(runs, results, duplicates, sequences, recitation_threshold)
+    study = Study(runs, results, standing, twins, duplicates, sequences, recitation_threshold,
+                  index_bound)
+    tables, fits, notes = _tables(study)
     study.tables.update(tables)
     for part in ANALYSES:
         study.tables.update(part.tables(study))
@@ -104,16 +111,17 @@ def write_report(runs: list[Run], results: str, out: str | os.PathLike,
         (tmp / "report.html").write_text(document.html(tmp), encoding="utf-8")
 
 
-def _tables(runs: list[Run], results: str, duplicates: Duplicates | None,
-            sequences: Sequences | None, recitation_threshold: int
-            ) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+def _tables(study: Study) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     """The tables by name, the compute fits, and notes for the text (by section)."""
+    runs, results, duplicates = study.runs, study.results, study.duplicates
+    sequences, recitation_threshold = study.sequences, study.recitation_threshold
+    standing, twins = study.standing, study.twins
     # The fractional score exists for generation runs only; verification runs have the flag.
     generated = [run for run in runs if run.matches is not None]
     counts = {run.name: analysis.score_counts(run) for run in generated}
     profiles = {run.name: analysis.step_profile(run) for run in generated}
-    standing, twins = split_twins(runs, results)  # one run per model and checkpoint
-    predictability = analysis.predictability_table(plan_comparisons(standing, results))
+    predictability = analysis.predictability_table(plan_comparisons(standing, results),
+                                                   study.index_bound)
     fits = analysis.compute_fits(predictability)
     tables = {
         "memorization_rates": analysis.rates_table(runs),
@@ -235,8 +243,20 @@ def _document(study: Study, notes: dict) -> Document:
     _needs_generation(doc, flags_only)
 
     doc.section("Predictability from cheaper runs")
+    where = ("on the sequences both runs evaluated" if study.index_bound is None else
+             f"on the sequences both runs evaluated below index {count(study.index_bound)} "
+             f"(`--index-bound`)")
     doc.paragraph("'Memorized by the cheap run' used as a classifier of 'memorized by the target "
-                  f"run'. Family A: {FAMILIES['A']}. Family B: {FAMILIES['B']}.")
+                  f"run', {where}: precision is the share of the cheap run's memorized sequences "
+                  "that the target memorized too, recall (the true positive rate) the share of "
+                  "the target's that the cheap run memorized. "
+                  f"Family A: {FAMILIES['A']}. Family B: {FAMILIES['B']}. "
+                  "The paper's graphs (EleutherAI/pythia's mem_graph.py) compare below index "
+                  f"{count(MEM_GRAPH_BOUND)}, what all its checkpoints had seen "
+                  f"(`--index-bound {MEM_GRAPH_BOUND}` does the same), and pass prediction and "
+                  "truth to the confusion matrix in swapped order: what they label the true "
+                  "positive rate is precision, their false positive rate FN / (FN + TN) and "
+                  "their false negative rate FP / (FP + TP).")
     if len(pred):
         doc.table(show(pred[["family", "cheap", "target", "tp", "fp", "fn", "tn", "precision",
                               "recall", "fpr", "f1"]]))
