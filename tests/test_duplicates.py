@@ -16,10 +16,12 @@ import pytest
 
 from tests.cli import cli_error
 from tests.test_failures import small_disk  # noqa: F401 (the tmpfs fixture)
+from tests.test_report import write_run
 from vmem.cli import main
 from vmem.data import open_dataset
 from vmem.duplicates import COLUMNS, Counting, count_duplicates, plan_index, token_counts
 from vmem.io import mmidx
+from vmem.study.duplication import read_duplicates
 
 SEQ_LEN = 100
 ROWS = 240
@@ -279,3 +281,137 @@ def test_the_python_api_counts_as_the_cli(tmp_path, rows):
                                      output=str(tmp_path / "c.parquet"), start=0, stop=ROWS,
                                      progress=False))
     pd.testing.assert_frame_equal(pd.read_parquet(path), brute_force(rows))
+
+
+# -- the two definitions: stream (any alignment) and rows (semantic-memorization's) ---------------
+
+def brute_force_rows(rows: np.ndarray, counted: int | None = None,
+                     cont_len: int = 32) -> pd.DataFrame:
+    """Every row's window [32, 32 + cont_len) counted as semantic-memorization did: the windows
+    of each row of [0, counted) at offsets 0 … seq_len - cont_len - 1 (its `range(2049 - 32)`),
+    by a loop over rows; token frequencies over those rows by np.bincount."""
+    inside = rows[:counted]
+    seen = Counter()
+    for row in inside:
+        seen.update(bytes(row[j:j + cont_len]) for j in range(row.size - cont_len))
+    windows = rows[:counted, 32:32 + cont_len]
+    freqs = np.bincount(inside.reshape(-1))[windows]
+    return pd.DataFrame({"index": np.arange(len(windows), dtype=np.int64),
+                         "count": np.array([seen[bytes(w)] for w in windows], dtype=np.int64),
+                         "freq_min": freqs.min(axis=1).astype(np.int64),
+                         "freq_median": np.median(freqs, axis=1),
+                         "freq_max": freqs.max(axis=1).astype(np.int64)})
+
+
+def definitions_planted() -> np.ndarray:
+    """`planted_rows` (windows across rows and shards, runs of one token) and, of rows 0..2's
+    windows, copies where the definitions differ: at offset seq_len - 32 (the last window of a
+    row, not counted by rows), at offset seq_len - 33 (the last counted) and across a row end."""
+    data = planted_rows(seed=3)
+    last = SEQ_LEN - 32
+    stream = data.reshape(-1)
+    for k, place in enumerate([60 * SEQ_LEN + last, 61 * SEQ_LEN + last - 1, 62 * SEQ_LEN + 80,
+                               64 * SEQ_LEN + last - 1, 65 * SEQ_LEN + last]):
+        stream[place:place + 32] = data[k % 3, 32:64]
+    return data
+
+
+@pytest.fixture(scope="module")
+def planted() -> np.ndarray:
+    return definitions_planted()
+
+
+@pytest.mark.parametrize("layout", ["merged", "sharded"])
+def test_both_definitions_equal_their_brute_force_on_every_sequence(tmp_path, planted, layout):
+    data = write_layout(planted, tmp_path, layout)
+    tables = {definition: counted(data, tmp_path / f"index-{definition}",
+                                  tmp_path / f"{definition}.parquet", "--start", "0",
+                                  "--stop", str(ROWS), "--definition", definition)
+              for definition in ("stream", "rows")}
+    pd.testing.assert_frame_equal(tables["stream"], brute_force(planted))
+    rows = brute_force_rows(planted)
+    pd.testing.assert_frame_equal(tables["rows"], rows)
+    # The plants make the definitions differ: rows 0..2's windows have 1, 2 and 3 copies that
+    # only the stream counts (at offset 68, across a row end); the rows of one token too.
+    stream = brute_force(planted)["count"]
+    assert (stream - rows["count"])[:3].tolist() == [1, 2, 3]
+    assert rows["count"][1] >= 3 and (stream > rows["count"]).sum() >= 5
+    for definition in ("stream", "rows"):
+        assert read_duplicates(str(tmp_path / f"{definition}.parquet")).definition == definition
+    assert all(not p["tokens"].startswith("/") for p in plan_index(
+        open_dataset(data), 32, "rows")["parts"])  # rows index marked copies, never the data
+
+
+def test_rows_counts_over_its_rows_only(tmp_path, planted, monkeypatch, capsys):
+    # semantic-memorization's rows [0, 146,432,000), here a bound inside the data.
+    monkeypatch.setattr("vmem.duplicates.ROWS_COUNTED", 200)
+    data = write_layout(planted, tmp_path, "sharded")
+    table = counted(data, tmp_path / "index", tmp_path / "rows.parquet", "--start", "0",
+                    "--stop", "200", "--definition", "rows")
+    pd.testing.assert_frame_equal(table, brute_force_rows(planted, counted=200))
+    assert len(plan_index(open_dataset(data), 32, "rows")["parts"]) == -(-200 * SEQ_LEN //
+                                                                           SHARD_TOKENS)
+    err = cli_error(capsys, ["duplicates", "--data", data, "--index", str(tmp_path / "index"),
+                             "--start", "190", "--stop", "201", "--definition", "rows", "-o",
+                             str(tmp_path / "more.parquet")])
+    assert "--definition rows: counts over rows [0, 200); the range ends at 201" in err
+    assert untouched(tmp_path, tmp_path / "more.parquet")
+
+
+def test_definitions_never_share_an_index_and_rows_refuses_what_it_cannot_count(
+        tmp_path, planted, capsys):
+    data = write_layout(planted, tmp_path, "merged")
+    index, output = tmp_path / "index", tmp_path / "counts.parquet"
+    counted(data, index, tmp_path / "stream.parquet", "--start", "0", "--stop", "3")
+    args = ["duplicates", "--data", data, "--index", str(index), "--start", "0", "--stop", "3",
+            "-o", str(output), "--no-progress"]
+    err = cli_error(capsys, [*args, "--definition", "rows"])
+    assert ("built for --definition stream; --definition rows needs an index of its own"
+            in err)
+    counted(data, tmp_path / "rows-index", tmp_path / "rows.parquet", "--start", "0", "--stop",
+            "3", "--definition", "rows")
+    err = cli_error(capsys, [*args[:4], str(tmp_path / "rows-index"), *args[5:]])
+    assert "built for --definition rows; --definition stream needs an index of its own" in err
+    # The continuation at offset seq_len - 32: the last window of a row, which rows never counts.
+    err = cli_error(capsys, [*args[:4], str(tmp_path / "rows-index"), *args[5:],
+                             "--definition", "rows", "--prompt-len", str(SEQ_LEN - 32)])
+    assert ("--definition rows: counts windows at offsets 0 … 67 of a row; the continuation "
+            "starts at 68" in err)
+    assert untouched(tmp_path, output)
+    # The separator (the type's largest id) in the data: counted as any id outside the windows
+    # counted; a window that holds it is refused.
+    marked = planted.copy()
+    marked[[1, 4, 7, 99], [40, 6, 99, 10]] = 2**16 - 1
+    other = tmp_path / "other"
+    other.mkdir()
+    data = write_layout(marked, other, "merged")
+    table = counted(data, tmp_path / "i3", tmp_path / "marked.parquet", "--start", "2",
+                    "--stop", str(ROWS), "--definition", "rows")
+    pd.testing.assert_frame_equal(table, brute_force_rows(marked)[2:].reset_index(drop=True))
+    err = cli_error(capsys, ["duplicates", "--data", data, "--index", str(tmp_path / "i3"),
+                             "--start", "0", "--stop", str(ROWS), "--definition", "rows",
+                             "-o", str(output), "--no-progress"])
+    assert ("--definition rows: the window of sequence 1 holds token id 65535, which the rows "
+            "index marks row ends with; count it with --definition stream" in err)
+    assert not output.exists()
+
+
+def test_the_report_names_the_definition(tmp_path, planted):
+    data = write_layout(planted, tmp_path, "merged")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    write_run(runs, "run", model="EleutherAI/pythia-70m", step=143_000, start=0, stop=ROWS,
+              memorized=[0, 1, 2])
+    counts = tmp_path / "rows.parquet"
+    counted(data, tmp_path / "index", counts, "--start", "0", "--stop", str(ROWS),
+            "--definition", "rows")
+    assert main(["report", str(runs), "-o", str(tmp_path / "report"), "--duplicates",
+                 str(counts)]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Counted by definition `rows`: windows inside rows at offsets 0" in text
+    assert "semantic-memorization's" in text
+    pd.DataFrame({"index": [0], "count": [1]}).to_csv(tmp_path / "bare.csv", index=False)
+    assert main(["report", str(runs), "-o", str(tmp_path / "report2"), "--duplicates",
+                 str(tmp_path / "bare.csv")]) == 0
+    assert "The table does not say how it counted" in (tmp_path / "report2" /
+                                                      "report.md").read_text()

@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--prompt-len", type=int, default=32)
     du.add_argument("--cont-len", type=int, default=32,
                     help="the window counted: tokens [offset + prompt-len, + cont-len)")
+    du.add_argument("--definition", choices=["stream", "rows"], default="stream",
+                    help="stream (default): count the window anywhere in the token stream, "
+                         "across row ends too; rows: semantic-memorization's, inside rows at "
+                         "offsets 0 … seq-len − cont-len − 1, over rows [0, 146,432,000) (all "
+                         "rows of a dataset that has fewer). Each needs its own --index")
     du.add_argument("-o", "--output", default=None, help="COUNTS.parquet")
     du.add_argument("--chunk-size", type=int, default=None,
                     help="windows per durable chunk file")
@@ -404,8 +409,8 @@ def duplicates_command(args: argparse.Namespace) -> None:
             if not array_id.isdigit():
                 raise VmemError(f"SLURM_ARRAY_TASK_ID: expected a shard number, got {array_id!r}")
             shard = int(array_id)
-        build_index(_dataset(args, args.data), args.index, args.cont_len, part=shard,
-                    progress=args.progress)
+        build_index(_dataset(args, args.data), args.index, args.cont_len,
+                    definition=args.definition, part=shard, progress=args.progress)
         return
     if args.shard is not None:
         raise VmemError("--shard: only with --build-only")

@@ -1,10 +1,17 @@
-"""`vmem duplicates`: how often each sequence's continuation occurs in the whole training stream.
+"""`vmem duplicates`: how often each sequence's continuation occurs in the training data.
 
 source (dataset) → index (tokengrams suffix tables, built once into a folder) → one count per
 window → durable chunk files → one table.
 
-The stream is the concatenation of all rows of the dataset, in order; a window is counted at any
-alignment, its own occurrence included. The index is one suffix table per part of the stream:
+Two definitions of a count (`DEFINITIONS`), its own occurrence included in both:
+- stream: the concatenation of all rows of the dataset, in order; a window is counted at any
+  alignment, across row ends too.
+- rows: semantic-memorization's: windows inside one row at offsets 0 … seq_len - cont_len - 1
+  (its loop `range(2049 - 32)`: the row's last window is not counted), over rows
+  [0, ROWS_COUNTED) (all rows of a dataset that has fewer). Its index is the stream's, built
+  over a copy of those rows whose last token is `SEPARATOR` (see `_mark_row_ends`).
+
+The index is one suffix table per part of the stream:
 one part for a merged, raw or .npy dataset, one per shard of a sharded one. A part's tokens run on
 `cont_len - 1` tokens into the next part, so a window across a boundary lies whole in exactly
 one part (an overlap of n - 1 tokens holds no whole n-gram): the sum over parts is exact.
@@ -48,7 +55,7 @@ from vmem.data import (
 from vmem.errors import VmemError, first_line
 from vmem.io.atomic import atomic_path, write_atomic
 from vmem.io.location import Output, is_s3
-from vmem.pythia import SEQUENCES_PER_STEP
+from vmem.pythia import FINAL_STEP, SEQUENCES_PER_STEP
 from vmem.runs.folder import first_difference, gaps, json_bytes, merge_ranges
 from vmem.runs.slicing import task_from_env, task_slice
 
@@ -60,6 +67,13 @@ COLUMNS = ["index", "count", "freq_min", "freq_median", "freq_max"]
 METADATA_KEY = b"vmem.duplicates"  # the counting settings, in the table's schema metadata
 DEFAULT_CHUNK = 65536  # windows per durable chunk file
 READ_ROWS = 4096  # rows read at a time while copying tokens or counting token ids
+DEFINITIONS = {
+    "stream": "windows anywhere in the token stream, across row ends too",
+    "rows": "windows inside rows at offsets 0 … seq_len − cont_len − 1 (the row's last "
+            "window not), over rows [0, 146,432,000) or all rows of data that has fewer "
+            "(semantic-memorization's)",
+}
+ROWS_COUNTED = FINAL_STEP * SEQUENCES_PER_STEP  # the rows semantic-memorization counted over
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,7 @@ class Counting:
     num_tasks: int | None = None
     progress: bool = True
     chunk_size: int = DEFAULT_CHUNK
+    definition: str = "stream"  # a key of DEFINITIONS
 
 
 # --- the index -----------------------------------------------------------------------------------
@@ -91,9 +106,19 @@ def _part_name(number: int, suffix: str) -> str:
     return f"part-{number:05d}.{suffix}"
 
 
-def plan_index(dataset: Dataset, cont_len: int) -> dict:
-    """The manifest of the index of `dataset` for windows of `cont_len` tokens: its parts, each
-    a token range of the stream [start, stop) (overlap included) and the file holding it."""
+def rows_counted(dataset: Dataset, definition: str) -> int:
+    """The rows [0, N) whose windows the definition counts."""
+    if definition not in DEFINITIONS:
+        raise VmemError(f"--definition {definition}: expected {' or '.join(DEFINITIONS)}")
+    if definition == "rows":
+        return min(dataset.num_sequences, ROWS_COUNTED)
+    return dataset.num_sequences
+
+
+def plan_index(dataset: Dataset, cont_len: int, definition: str = "stream") -> dict:
+    """The manifest of the index of `dataset` for windows of `cont_len` tokens counted by
+    `definition`: its parts, each a token range of the stream [start, stop) (overlap included)
+    and the file holding it."""
     dtype = np.dtype(dataset.dtype).name
     if dtype not in VOCAB:
         raise VmemError(f"{dataset.location}: tokens are {dtype}; the duplicate index "
@@ -105,19 +130,27 @@ def plan_index(dataset: Dataset, cont_len: int) -> dict:
         raise VmemError(f"{dataset.location}: a shard ends inside a {dtype} token "
                         f"({sizes[0]} bytes); cannot index its shards one by one")
     overlap = cont_len - 1 if len(sizes) > 1 else 0
-    total = int(starts[-1]) // itemsize
+    rows = rows_counted(dataset, definition)
+    total = rows * dataset.seq_len
     parts = []
     for k, piece in enumerate(dataset.pieces):
-        start = int(starts[k]) // itemsize
-        stop = min(int(starts[k + 1]) // itemsize + overlap, total)
-        # tokengrams maps a local file of tokens alone (no .npy header) in place; else a copy.
-        own = (stop == int(starts[k + 1]) // itemsize and not is_s3(piece.path)
+        start, end = int(starts[k]) // itemsize, int(starts[k + 1]) // itemsize
+        if start >= total:  # past the rows counted
+            break
+        stop = min(end + overlap, total)
+        # tokengrams maps a local file of tokens alone (no .npy header) in place; else a copy
+        # (always for rows: its row ends are marked).
+        own = (definition == "stream" and stop == end and not is_s3(piece.path)
                and piece.offset == 0)
-        parts.append({"start": start, "stop": stop, "own_stop": int(starts[k + 1]) // itemsize,
+        parts.append({"start": start, "stop": stop, "own_stop": min(end, total),
                       "tokens": os.path.abspath(piece.path) if own else _part_name(k, "tokens")})
     data = dict(manifest_entry(dataset), file_sizes=sizes)
-    return {"format": 1, "tokengrams": version("tokengrams"), "data": data, "vocab": VOCAB[dtype],
-            "cont_len": cont_len if overlap else None, "overlap": overlap, "parts": parts}
+    manifest = {"format": 1, "tokengrams": version("tokengrams"), "data": data,
+                "vocab": VOCAB[dtype], "cont_len": cont_len if overlap else None,
+                "overlap": overlap, "definition": definition, "parts": parts}
+    if definition == "rows":
+        manifest.update(rows=rows, separator=VOCAB[dtype] - 1)
+    return manifest
 
 
 def _itemsize(manifest: dict) -> int:
@@ -153,11 +186,16 @@ def check_index_folder(index: str, planned: dict) -> None:
             and isinstance(existing.get("parts"), list)):
         raise VmemError(f"{path}: not a duplicate index manifest; the index is damaged: "
                         f"remove {index} and build it again")
+    existing = {"definition": "stream", **existing}  # indexes built before there were two
     if existing["data"] != planned["data"]:
         raise VmemError(f"--index {index}: an index of {existing['data'].get('location')}, not "
                         f"of {planned['data']['location']} "
                         f"({first_difference(existing['data'], planned['data'])}); name another "
                         f"--index folder")
+    if existing["definition"] != planned["definition"]:
+        raise VmemError(f"--index {index}: built for --definition {existing['definition']}; "
+                        f"--definition {planned['definition']} needs an index of its own "
+                        f"(another --index)")
     if existing.get("overlap") != planned["overlap"]:
         raise VmemError(f"--index {index}: built for --cont-len {existing.get('cont_len')} (its "
                         f"shards overlap by {existing.get('overlap')} tokens); --cont-len "
@@ -188,11 +226,11 @@ def _built(index: str, manifest: dict, k: int) -> bool:
     return True
 
 
-def build_index(dataset: Dataset, index: str, cont_len: int, *, part: int | None = None,
-                progress: bool = True) -> dict:
+def build_index(dataset: Dataset, index: str, cont_len: int, *, definition: str = "stream",
+                part: int | None = None, progress: bool = True) -> dict:
     """Build the parts of the index not yet built (only `part` where given) into `index`, after
     saying how big they are and checking the disk holds them. Returns the manifest."""
-    manifest = plan_index(dataset, cont_len)
+    manifest = plan_index(dataset, cont_len, definition)
     check_index_folder(index, manifest)
     parts = manifest["parts"]
     if part is not None and not 0 <= part < len(parts):
@@ -275,6 +313,8 @@ def _build_part(dataset: Dataset, index: str, manifest: dict, k: int, progress: 
             found[:len(counts)] += counts
             counts = found
             if out:
+                if manifest["definition"] == "rows":
+                    block = _mark_row_ends(block, at, dataset.seq_len, manifest["separator"])
                 out.write(block.astype(block.dtype.newbyteorder("<"), copy=False).tobytes())
             at += len(block)
             if bar:
@@ -293,6 +333,19 @@ def _build_part(dataset: Dataset, index: str, manifest: dict, k: int, progress: 
         {"start": part["start"], "stop": part["stop"], "seconds": round(seconds, 3)}))
     print(f"vmem: index part {k} of {len(manifest['parts'])} ({tokens:,} tokens) built in "
           f"{seconds:.1f} s", file=sys.stderr)
+
+
+def _mark_row_ends(block: np.ndarray, at: int, seq_len: int, separator: int) -> np.ndarray:
+    """The stream's tokens [at, at + len(block)) with each row's last token replaced by
+    `separator`. Why the count of a window w free of the separator (`_count` refuses others) in
+    this stream M is exactly the rows definition's: a window of M equal to w holds no separator,
+    so no row's last token: it lies inside one row's first seq_len - 1 tokens, where M is the
+    data, i.e. it starts at an offset j with j + n <= seq_len - 1, j <= seq_len - n - 1.
+    Conversely every window of the data at such an offset is unchanged in M. The windows at
+    offset seq_len - n and those across a row end hold a separator, so equal no w."""
+    marked = block.copy()
+    marked[(seq_len - 1 - at) % seq_len::seq_len] = separator
+    return marked
 
 
 def _sort(tokens_path: str, table_path: str, vocab: int, progress: bool) -> None:
@@ -353,8 +406,28 @@ def open_index(index: str, manifest: dict):
 # --- counting ------------------------------------------------------------------------------------
 
 def _settings(dataset: Dataset, c: Counting, start: int, stop: int) -> dict:
-    return {"data": manifest_entry(dataset), "start": start, "stop": stop, "offset": c.offset,
-            "prompt_len": c.prompt_len, "cont_len": c.cont_len}
+    settings = {"data": manifest_entry(dataset), "start": start, "stop": stop,
+                "offset": c.offset, "prompt_len": c.prompt_len, "cont_len": c.cont_len,
+                "definition": c.definition}
+    if c.definition == "rows":
+        settings["rows"] = rows_counted(dataset, c.definition)
+    return settings
+
+
+def check_definition(dataset: Dataset, c: Counting, stop: int) -> None:
+    """Under the rows definition, every window counted must be one it counts: inside the rows
+    counted, ending before its row's last token (so it is counted at least once, itself)."""
+    rows = rows_counted(dataset, c.definition)  # also checks the definition's name
+    if c.definition != "rows":
+        return
+    first = c.offset + c.prompt_len
+    if first + c.cont_len > dataset.seq_len - 1:
+        raise VmemError(f"--definition rows: counts windows at offsets 0 … "
+                        f"{dataset.seq_len - c.cont_len - 1} of a row; the continuation starts "
+                        f"at {first}: use --definition stream")
+    if stop > rows:
+        raise VmemError(f"--definition rows: counts over rows [0, {rows}); the range ends at "
+                        f"{stop}")
 
 
 def _check_output(output: str) -> None:
@@ -393,6 +466,7 @@ def count_duplicates(c: Counting) -> str:
     start, stop = resolve_range(dataset, c.start, c.stop, checkpoint=c.checkpoint,
                                 sequences_per_step=c.sequences_per_step)
     check_window(dataset, c.prompt_len, c.cont_len, c.offset)
+    check_definition(dataset, c, stop)
     lo, hi = task_slice(start, stop, *task_from_env(c.task_id, c.num_tasks))
     settings = _settings(dataset, c, start, stop)
     if _finished(c.output, settings):
@@ -400,7 +474,8 @@ def count_duplicates(c: Counting) -> str:
         return c.output
     work = c.output + ".parts"
     claimed = _check_work(work, settings)  # before the index is built: it may take hours
-    manifest = build_index(dataset, c.index, c.cont_len, progress=c.progress)
+    manifest = build_index(dataset, c.index, c.cont_len, definition=c.definition,
+                           progress=c.progress)
     if not claimed:
         write_atomic(os.path.join(work, "settings.json"), json_bytes(settings))
     done = _done_ranges(work, lo, hi)
@@ -481,6 +556,13 @@ def _count(dataset: Dataset, c: Counting, manifest: dict, work: str,
         for batch in iter_batches(dataset, a, b, rows=c.chunk_size, prompt_len=c.prompt_len,
                                   cont_len=c.cont_len, offset=c.offset):
             windows = batch.continuations
+            if manifest["definition"] == "rows":  # before the chunk: those written are right
+                held = (windows == manifest["separator"]).any(axis=1)
+                if held.any():
+                    raise VmemError(f"--definition rows: the window of sequence "
+                                    f"{int(batch.indices[np.argmax(held)])} holds token id "
+                                    f"{manifest['separator']}, which the rows index marks row "
+                                    f"ends with; count it with --definition stream")
             counts = np.fromiter(map(index.count, windows.tolist()), dtype=np.int64,
                                  count=len(windows))
             if counts.min() < 1:  # every window occurs at least where it was read

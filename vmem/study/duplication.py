@@ -2,12 +2,14 @@
 occurs in the training data, and by how rare its rarest token is. Counts come from a table of one
 of three layouts (`read_duplicates`): `vmem duplicates`' `index,count,freq_min,freq_median,
 freq_max`, a bare `index,count`, or EleutherAI's published `sequence_id,counts` (Hugging Face
-`usvsnsp/generation-num-duplicates`, the same definition of a count). Buckets by powers of two
+`usvsnsp/generation-num-duplicates`, counted by semantic-memorization: vmem's `--definition
+rows`; vmem's default, `stream`, also counts windows across row ends). Buckets by powers of two
 (counts: 0, 1, 2-3, 4-7, ...) and of ten (token frequencies: 0, 1-9, 10-99, ...). Sequences the
 table does not list are left out (and counted)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from vmem.duplicates import DEFINITIONS, METADATA_KEY
 from vmem.errors import VmemError
 from vmem.io.location import split
 from vmem.study.merged_runs import Run
@@ -40,6 +43,9 @@ class Duplicates:
     # Token frequencies of the continuation's tokens over the corpus, per index (vmem duplicates'
     # table); None where the table has none.
     frequencies: dict[str, np.ndarray] | None = None
+    # How a count was counted (a key of vmem.duplicates.DEFINITIONS); None where the table does
+    # not say (a .csv, or a parquet table vmem did not write).
+    definition: str | None = None
 
     def lookup(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For sorted `indices`: whether the table lists each, and its count (0 where not)."""
@@ -53,20 +59,24 @@ class Duplicates:
 def read_duplicates(path: str, *, s3_endpoint: str | None = None) -> Duplicates:
     """The table at `path` (.parquet or .csv, local or s3://), checked: integer columns `index`
     and `count` (or `sequence_id` and `counts`), each index once, nothing negative; the
-    token-frequency columns `freq_min,freq_median,freq_max` read where all three exist."""
+    token-frequency columns `freq_min,freq_median,freq_max` read where all three exist; the
+    counting definition where the table names it."""
     folder, name = split(path, s3_endpoint=s3_endpoint)
     if not folder.exists(name):
         raise VmemError(f"--duplicates {path}: no such file")
     with folder.local_file(name) as local:
         try:
             if name.endswith(".parquet"):
-                found = pq.read_schema(local).names
+                schema = pq.read_schema(local)
+                found = schema.names
                 layout = _layout(path, found)
                 wanted = [*LAYOUTS[layout], *(c for c in FREQUENCIES if c in found)]
                 table = pq.read_table(local, columns=wanted)
+                definition = _definition(path, schema.metadata)
             else:
                 table = pacsv.read_csv(local)
                 layout = _layout(path, table.column_names)
+                definition = None
         except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
             raise VmemError(f"--duplicates {path}: not a readable .parquet or .csv table "
                             f"({str(err).splitlines()[0]})") from None
@@ -86,7 +96,24 @@ def read_duplicates(path: str, *, s3_endpoint: str | None = None) -> Duplicates:
         for column in FREQUENCIES:
             values = _numbers(path, table, column)
             frequencies[column] = values if order is None else values[order]
-    return Duplicates(path, layout, index, count, frequencies)
+    if layout == "sequence_id,counts":  # EleutherAI's counts are semantic-memorization's
+        definition = "rows"
+    return Duplicates(path, layout, index, count, frequencies, definition)
+
+
+def _definition(path: str, metadata: dict | None) -> str | None:
+    """The definition a parquet table names in `vmem duplicates`' metadata (tables written
+    before there were two counted the stream)."""
+    if not metadata or METADATA_KEY not in metadata:
+        return None
+    try:
+        definition = json.loads(metadata[METADATA_KEY]).get("definition", "stream")
+    except (ValueError, AttributeError):
+        definition = None
+    if definition not in DEFINITIONS:
+        raise VmemError(f"--duplicates {path}: its metadata names no counting definition vmem "
+                        f"knows (expected {' or '.join(DEFINITIONS)})")
+    return definition
 
 
 def _layout(path: str, found: list[str]) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from vmem import pythia
+from vmem.duplicates import DEFINITIONS
 from vmem.errors import VmemError
 from vmem.io.location import Output
 from vmem.study import analysis, extraction, figures, forgetting, integrity, taxonomy
@@ -376,7 +377,10 @@ def _duplication_section(doc: Document, tables: dict[str, pd.DataFrame], drawn: 
     unlisted = {run: n for run, n in notes["unlisted"].items() if n}
     doc.paragraph(f"How often each sequence's continuation occurs in the training data, from "
                   f"`{duplicates.source}` ({duplicates.layout}), in buckets by powers of two. "
-                  f"All values: `tables/duplication.csv`."
+                  f"All values: `tables/duplication.csv`. "
+                  + (f"Counted by definition `{duplicates.definition}`: "
+                     f"{DEFINITIONS[duplicates.definition]}." if duplicates.definition else
+                     "The table does not say how it counted (`vmem duplicates --definition`).")
                   + (" Sequences the table does not list are left out: "
                      + ", ".join(f"{run} {count(n)}" for run, n in unlisted.items()) + "."
                      if unlisted else ""))
