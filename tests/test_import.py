@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.cli import cli_error
+from tests.models import EOS_SEQUENCE, MEMORIZED
+from tests.test_evaluate import run
 from vmem.cli import main
 from vmem.corpus import check_lengths
 from vmem.data import open_dataset
@@ -231,3 +233,23 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, tokenizer, capsys):
         err = cli_error(capsys, ["data", "import", *map(str, argv), "-o", str(out / "corpus")])
         assert expected in err, (argv, err)
         assert os.listdir(out) == [], argv
+
+
+# --- an import is evaluated like any dataset ------------------------------------------------------
+
+def test_a_document_packed_import_scores_its_full_rows(tmp_path, hf_engine, tiny_model_dir,
+                                                      tiny_tokens):
+    """The tiny model memorized rows 0..7 (tests/models.py); imported one per row after a short
+    document, they keep their scores, and the short row's padding is never reached."""
+    docs = [tiny_tokens[0, :10], *tiny_tokens[:MEMORIZED]]
+    source = write_jsonl(tmp_path / "docs.jsonl", [{"token_ids": d.tolist()} for d in docs])
+    prefix = tmp_path / "corpus"
+    assert import_(source, "--packing", "document", "--seq-len", tiny_tokens.shape[1],
+                   "--pad-id", 0, "-o", prefix) == 0
+    rows = run(tmp_path, hf_engine, tiny_model_dir, str(prefix), start=1, stop=len(docs),
+               engine_name="hf")
+    memorized = set(rows.loc[rows["score"] == 1.0, "index"])
+    assert memorized == {k + 1 for k in range(MEMORIZED)} - {EOS_SEQUENCE + 1}
+    with pytest.raises(VmemError, match="row 0 has 10"):
+        run(tmp_path, hf_engine, tiny_model_dir, str(prefix), start=0, stop=len(docs),
+            engine_name="hf", name="with-the-short-row")
