@@ -209,6 +209,12 @@ def bad_inputs(tmp_path: Path, folder: str) -> list[tuple[list, str]]:
     (no_tokenizer / "config.json").write_text("{}")
     float_rows = tmp_path / "floats.npy"
     np.save(float_rows, np.ones((2, 3)))
+    float_lists = tmp_path / "floats.parquet"
+    pq.write_table(pa.table({"token_ids": [[1.5, 2.0]]}), float_lists)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"token_ids": [1, 2]}\n{"token_ids": [1,\n')
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
     return [
         ([ragged], "ragged rows (row 1 has 2 tokens, row 0 has 3)"),
         ([too_big, "--tokenizer", folder], "token id 300 lies outside the vocabulary"),
@@ -222,6 +228,10 @@ def bad_inputs(tmp_path: Path, folder: str) -> list[tuple[list, str]]:
         ([ragged, "--packing", "concat", "--seq-len", 2], "give --eos-id"),
         ([float_rows], "token ids need an integer dtype"),
         ([tmp_path / "notes.txt"], "expected a .npy or .bin"),
+        ([float_lists], "expected lists of integer token ids"),
+        ([broken], "broken.jsonl:2: not a JSON line"),
+        ([latin1, "--tokenizer", folder], "not UTF-8 text"),
+        ([float_rows, ragged], "mixes rows (.npy, .bin) with documents"),
     ]
 
 
@@ -233,6 +243,11 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, tokenizer, capsys):
         err = cli_error(capsys, ["data", "import", *map(str, argv), "-o", str(out / "corpus")])
         assert expected in err, (argv, err)
         assert os.listdir(out) == [], argv
+    good = write_jsonl(tmp_path / "good.jsonl", [{"token_ids": [1, 2]}])
+    for prefix in (f"{out}/", f"{out}/corpus.bin"):
+        assert "expected a local prefix" in cli_error(capsys, ["data", "import", str(good),
+                                                               "-o", prefix])
+    assert os.listdir(out) == []
 
 
 # --- an import is evaluated like any dataset ------------------------------------------------------

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -71,33 +72,40 @@ def import_corpus(imp: Import) -> dict:
         from vmem.study.taxonomy import load_tokenizer
 
         tokenizer = load_tokenizer(imp.tokenizer)
+    packing = imp.packing or "rows"
+    eos, pad = imp.eos_id, None
+    if packing == "concat":
+        eos = _id_or_tokenizers(imp.eos_id, tokenizer, "eos_token_id",
+                                "--packing concat: joins documents with end-of-text; give "
+                                "--eos-id (or a --tokenizer that has one)")
+    elif packing == "document":
+        pad = _id_or_tokenizers(imp.pad_id, tokenizer, "pad_token_id",
+                                "--packing document: pads each row; give --pad-id (the id the "
+                                "training padded with; it is never scored)")
     lengths = None
     dropped = truncated = 0
     if kind == "rows":
         rows, files = _read_rows(imp)
-        packing = "rows"
         if tokenizer is not None:
             _check_vocabulary(rows.reshape(-1), tokenizer, imp)
     else:
         docs = _read_documents(imp, tokenizer)
         files = list(imp.sources)
-        packing = imp.packing or "rows"
         if packing == "rows":
             rows = _equal_rows(docs, imp)
         elif packing == "concat":
-            rows, dropped = _concat(docs, _eos_id(imp, tokenizer), imp.seq_len)
+            rows, dropped = _concat(docs, eos, imp.seq_len)
         else:
-            rows, lengths, truncated = _one_per_row(docs, imp.eos_id, _pad_id(imp, tokenizer),
-                                                    imp.seq_len)
+            rows, lengths, truncated = _one_per_row(docs, eos, pad, imp.seq_len)
     rows = _narrowest(rows, imp)
     manifest = {
         "kind": "import",
         "sources": [_file_entry(path) for path in files],
-        "field": imp.field if kind != "rows" else None,
+        "field": imp.field,
         "packing": packing,
         "tokenizer": imp.tokenizer,
-        "eos_id": _eos_id(imp, tokenizer) if packing == "concat" else imp.eos_id,
-        "pad_id": _pad_id(imp, tokenizer) if packing == "document" else None,
+        "eos_id": eos,
+        "pad_id": pad,
         "seq_len": int(rows.shape[1]),
         "dtype": rows.dtype.name,
         "num_sequences": int(rows.shape[0]),
@@ -120,7 +128,8 @@ def _check_request(imp: Import) -> None:
             raise VmemError(f"{path}: vmem data import reads local files (download it first)")
         if not os.path.isfile(path):
             raise VmemError(f"{path}: no such file")
-    if is_s3(imp.output) or imp.output.endswith((*ROW_SUFFIXES, ".json")):
+    if (is_s3(imp.output) or imp.output.endswith((*ROW_SUFFIXES, ".json"))
+            or not os.path.basename(imp.output)):
         raise VmemError(f"-o {imp.output}: expected a local prefix (PREFIX writes PREFIX.bin, "
                         f"PREFIX.idx and PREFIX.manifest.json)")
     if imp.packing is not None and imp.packing not in PACKINGS:
@@ -155,20 +164,12 @@ def _kind(sources: list[str]) -> str:
     return kinds.pop()
 
 
-def _eos_id(imp: Import, tokenizer) -> int:
-    eos = imp.eos_id if imp.eos_id is not None else getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        raise VmemError("--packing concat: joins documents with end-of-text; give --eos-id "
-                        "(or a --tokenizer that has one)")
-    return int(eos)
-
-
-def _pad_id(imp: Import, tokenizer) -> int:
-    pad = imp.pad_id if imp.pad_id is not None else getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        raise VmemError("--packing document: pads each row; give --pad-id (the id the training "
-                        "padded with; it is never scored)")
-    return int(pad)
+def _id_or_tokenizers(given: int | None, tokenizer, attribute: str, missing: str) -> int:
+    """A special token's id: as given, else the tokenizer's (`missing` is the error without)."""
+    found = given if given is not None else getattr(tokenizer, attribute, None)
+    if found is None:
+        raise VmemError(missing)
+    return int(found)
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -221,44 +222,53 @@ def _read_parquet(path: str, column: str) -> _Documents:
             kind.value_type):
         raise VmemError(f"{path}: column {column!r} holds {kind}; expected lists of integer "
                         f"token ids")
-    if array.null_count:
-        raise VmemError(f"{path}: column {column!r} has {array.null_count} empty (null) rows")
+    if array.null_count or array.values.null_count:
+        raise VmemError(f"{path}: column {column!r} has null rows or token ids")
     offsets = np.asarray(array.offsets, dtype=np.int64)
     values = np.asarray(array.values.slice(offsets[0], offsets[-1] - offsets[0])
                         .to_numpy(zero_copy_only=False), dtype=np.int64)
     return _Documents(values, offsets - offsets[0])
 
 
+def _jsonl_records(path: str) -> Iterator[tuple[str, object]]:
+    """(path:line, the line's JSON value) for each line that is not blank."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:{number}", json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise VmemError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise VmemError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start} of a "
+                        f"line)") from None
+
+
 def _read_jsonl(path: str, imp: Import, tokenizer) -> _Documents:
     """One JSON object a line: token ids (a list of integers) or, with a tokenizer, text."""
     keys = (imp.field,) if imp.field is not None else JSONL_FIELDS
     lists, texts = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise VmemError(f"{where}: not a JSON line ({err.msg})") from None
-            key = next((k for k in keys if isinstance(record, dict) and k in record), None)
-            if key is None:
-                raise VmemError(f"{where}: has no key {' or '.join(map(repr, keys))}; name the "
-                                f"key with --field")
-            value = record[key]
-            if isinstance(value, str):
-                if tokenizer is None:
-                    raise VmemError(f"{where}: {key!r} is text; give the --tokenizer the "
-                                    f"training used")
-                texts.append(value)
-            elif isinstance(value, list) and all(type(v) is int for v in value):
-                lists.append(np.array(value, dtype=np.int64))
-            else:
-                raise VmemError(f"{where}: {key!r} is neither a list of integer token ids nor "
-                                f"text")
-            if lists and texts:
-                raise VmemError(f"{where}: {path} mixes text and token id lists")
+    for where, record in _jsonl_records(path):
+        key = next((k for k in keys if isinstance(record, dict) and k in record), None)
+        if key is None:
+            raise VmemError(f"{where}: has no key {' or '.join(map(repr, keys))}; name the key "
+                            f"with --field")
+        value = record[key]
+        if isinstance(value, str):
+            if tokenizer is None:
+                raise VmemError(f"{where}: {key!r} is text; give the --tokenizer the training "
+                                f"used")
+            texts.append(value)
+        elif isinstance(value, list) and all(type(v) is int for v in value):
+            if any(abs(v) >= 2**63 for v in value):
+                raise VmemError(f"{where}: a token id beyond 64 bits")
+            lists.append(np.array(value, dtype=np.int64))
+        else:
+            raise VmemError(f"{where}: {key!r} is neither a list of integer token ids nor text")
+        if lists and texts:
+            raise VmemError(f"{where}: {path} mixes text and token id lists")
     if texts:
         lists = [np.array(ids, dtype=np.int64) for first in range(0, len(texts), TOKENIZE_BATCH)
                  for ids in tokenizer(texts[first:first + TOKENIZE_BATCH])["input_ids"]]
