@@ -15,7 +15,7 @@ from vmem.study import analysis
 from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
-from vmem.study.index_trend import PERCENTILES, top_scores
+from vmem.study.index_trend import PERCENTILES, filter_title, pass_size, top_scores
 from vmem.study.merged_runs import Run
 
 COLUMNS = ["run", "percentile", "bucket_start", "bucket_stop", "sequences", "mean_score"]
@@ -61,12 +61,16 @@ def bucket_means(run: Run, kept: np.ndarray, size: int) -> pd.DataFrame:
     buckets = (run.stop - 1) // size - first + 1
     sequences = np.zeros(buckets, dtype=np.int64)
     matches = np.zeros(buckets, dtype=np.int64)
-    for a in range(0, run.evaluated, analysis.CHUNK):
-        chunk = run.matches[a:a + analysis.CHUNK]
-        where = np.flatnonzero(kept[chunk])
-        bucket = (where + (run.start + a)) // size - first
+    step = pass_size()
+    for a in range(0, run.evaluated, step):
+        chunk = run.matches[a:a + step]
+        bucket = np.flatnonzero(kept[chunk])
+        weights = chunk[bucket]
+        bucket += run.start + a  # in place: the bucket of each selected index
+        bucket //= size
+        bucket -= first
         sequences += np.bincount(bucket, minlength=buckets)
-        matches += np.bincount(bucket, weights=chunk[where], minlength=buckets).astype(np.int64)
+        matches += np.bincount(bucket, weights=weights, minlength=buckets).astype(np.int64)
     present = np.flatnonzero(sequences)
     starts = (present + first) * size
     return pd.DataFrame(dict(bucket_start=np.maximum(starts, run.start),
@@ -98,8 +102,8 @@ def bucket_figure(table: pd.DataFrame, standing: list[Run], path: Path) -> None:
         rows = table[(table["percentile"] == q) & table["run"].isin(names)]
         for name, run_rows in rows.groupby("run", sort=False):
             ax.plot((run_rows["bucket_start"] + run_rows["bucket_stop"]) / 2,
-                    run_rows["mean_score"], label=name)
-        ax.set_title("all sequences" if q == 0 else f"score ≥ its {q}th percentile")
+                    run_rows["mean_score"], marker=".", label=name)
+        ax.set_title(filter_title(q))
         ax.set_xlabel("sequence index")
         if len(rows):
             ax.legend(fontsize=7)

@@ -86,14 +86,18 @@ def window_histogram(run: Run) -> np.ndarray | None:
     return histogram
 
 
+def poisson_mean(histogram: np.ndarray) -> float:
+    """The fitted Poisson distribution's mean: the mean count per window (the notebook's)."""
+    return float(np.arange(histogram.size) @ histogram / histogram.sum())
+
+
 def ks_test(histogram: np.ndarray) -> tuple[float, float, float]:
     """The Poisson mean fit to the counts, the KS statistic and its p-value. scipy's kstest
     assumes a continuous null: on integer counts it compares F(k) with the empirical
     distribution just below k and so adds the mass at k to the distance. Both distributions
     being steps at the integers, the distance is taken there, and the p-value is kstest's
     (the KS distribution of n samples)."""
-    n = int(histogram.sum())
-    mean = float(np.arange(histogram.size) @ histogram / n)
+    n, mean = int(histogram.sum()), poisson_mean(histogram)
     empirical = np.cumsum(histogram) / n
     statistic = float(np.abs(empirical - stats.poisson.cdf(np.arange(histogram.size),
                                                            mean)).max())
@@ -114,8 +118,7 @@ def counts_table(histograms: dict[str, np.ndarray]) -> pd.DataFrame:
     windows observed and those the fitted Poisson distribution expects."""
     parts = []
     for name, histogram in histograms.items():
-        n = int(histogram.sum())
-        mean = float(np.arange(histogram.size) @ histogram / n)
+        n, mean = int(histogram.sum()), poisson_mean(histogram)
         k = np.arange(np.flatnonzero(histogram)[-1] + 1)
         parts.append(pd.DataFrame(dict(run=name, memorized=k, windows=histogram[:k.size],
                                    poisson_windows=n * stats.poisson.pmf(k, mean))))
