@@ -296,13 +296,13 @@ def test_a_split_on_s3_as_a_glob_and_a_folder(tmp_path, released, s3_server, s3_
 
 
 @pytest.mark.parametrize("case", ["overlap", "missing part", "two splits", "unnamed file",
-                                  "part twice", "no match"])
+                                  "part twice", "no match", "another --split"])
 def test_a_split_whose_files_disagree_is_refused_in_one_line(capsys, tmp_path, released,
                                                              case) -> None:
     table = pq.read_table(released)
     folder = tmp_path / "data"
     first, second = write_parts(folder, table, "duped.1b", 2)
-    sources = [first, second]
+    sources, extra = [first, second], []
     if case == "overlap":
         # The second file also lists one of the first file's sequences.
         shared = pq.read_table(first).slice(0, 1)
@@ -325,11 +325,14 @@ def test_a_split_whose_files_disagree_is_refused_in_one_line(capsys, tmp_path, r
         shutil.copy(second, copy)
         sources = [first, second, copy]
         expected = "are both part 00001 of split duped.1b"
-    else:
+    elif case == "no match":
         sources = [folder / "deduped.12b-*.parquet"]
         expected = f"{folder / 'deduped.12b-*.parquet'}: matches no file"
+    else:
+        extra = ["--split", "duped.12b"]
+        expected = "--split duped.12b: the files given are of split duped.1b"
     out = tmp_path / "results"
-    err = cli_error(capsys, import_list(sources, out))
+    err = cli_error(capsys, import_list(sources, out, *extra))
     assert expected in err
     assert not out.exists()
 

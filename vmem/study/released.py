@@ -155,6 +155,9 @@ def split_files(sources: list[str], split_name: str | None = None, *,
             names = [name]
         files.update({folder.join(n): (folder, n) for n in sorted(names)})
     if len(files) == 1 and not PART.fullmatch(next(iter(files.values()))[1]):
+        if split_name is not None:
+            raise VmemError(f"--split {split_name}: {next(iter(files))} is not named as a part "
+                            f"of a split ({PART_NAME})")
         return None, list(files.values())
     parts = {}
     for url, (_, name) in files.items():
@@ -176,6 +179,8 @@ def split_files(sources: list[str], split_name: str | None = None, *,
             raise VmemError(f"{by_part[part]} and {url} are both part {part:05d} of split "
                             f"{split_found}; give one copy of each part")
         by_part[part] = url
+    if split_name not in (None, split_found):
+        raise VmemError(f"--split {split_name}: the files given are of split {split_found}")
     missing = sorted(set(range(count)) - set(by_part))
     if missing:
         raise VmemError(f"split {split_found}: part(s) {', '.join(f'{k:05d}' for k in missing)} "
