@@ -243,7 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("import-released", parents=[common],
                         help="EleutherAI's list of a model's memorized sequences → a merged run")
-    im.add_argument("source", help="the list: parquet rows index,tokens (local or s3://)")
+    im.add_argument("source", nargs="+",
+                    help="the list: parquet rows index,tokens (local or s3://); a split stored "
+                         "as several files is given whole: its files, a glob, or a folder of "
+                         "them (the dataset's data/ folder with --split)")
+    im.add_argument("--split", default=None,
+                    help="the split to read from a folder holding several, e.g. deduped.1b.new")
     im.add_argument("--model", required=True, help="the model it lists, e.g. EleutherAI/pythia-12b")
     im.add_argument("--step", type=int, required=True,
                     help="its checkpoint (Pythia's final: 143000); the run covers "
@@ -443,7 +448,8 @@ def import_command(args: argparse.Namespace) -> None:
     check_request(args.step, args.sequences_per_step, args.output, s3_endpoint=args.s3_endpoint)
     data = None if args.data is None else _dataset(args, args.data)
     import_released(args.source, model=args.model, step=args.step, out=args.output, data=data,
-                    sequences_per_step=args.sequences_per_step, s3_endpoint=args.s3_endpoint)
+                    split_name=args.split, sequences_per_step=args.sequences_per_step,
+                    s3_endpoint=args.s3_endpoint)
 
 
 def duplicates_command(args: argparse.Namespace) -> None:

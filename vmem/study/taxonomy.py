@@ -92,9 +92,21 @@ class Sequences:
         return rows[:, begin - run.prompt_len:begin], rows[:, begin:]
 
     def texts(self, run: Run, indices: np.ndarray) -> tuple[list[str], list[str]]:
+        """Prompts and continuations as the model saw them, for the report's examples: decoded
+        without clean-up (which deletes real spaces before punctuation), whatever the installed
+        transformers' default. The templating test reads `templating_texts` instead."""
         prompts, continuations = self.windows(run, indices)
-        return (self.tokenizer.batch_decode(prompts.tolist()),
-                self.tokenizer.batch_decode(continuations.tolist()))
+        return (self.tokenizer.batch_decode(prompts.tolist(), clean_up_tokenization_spaces=False),
+                self.tokenizer.batch_decode(continuations.tolist(),
+                                            clean_up_tokenization_spaces=False))
+
+    def templating_texts(self, rows: np.ndarray) -> list[str]:
+        """The text semantic-memorization's templating test read: `tokenizer.decode(tokens)` at
+        the transformers 4 default, clean_up_tokenization_spaces=True (" ." → "." and the like).
+        transformers 5 defaults to False and ignores True for BPE tokenizers such as Pythia's, so
+        the clean-up is applied here, by the tokenizer's own `clean_up_tokenization`."""
+        decoded = self.tokenizer.batch_decode(rows.tolist(), clean_up_tokenization_spaces=False)
+        return [self.tokenizer.clean_up_tokenization(text) for text in decoded]
 
     def templated(self, run: Run, indices: np.ndarray) -> np.ndarray:
         """Whether the text of prompt and continuation together is templated, per index (the
@@ -106,7 +118,7 @@ class Sequences:
         for start in range(0, todo.size, DECODE_ROWS):  # bounded memory
             part = todo[start:start + DECODE_ROWS]
             prompts, continuations = self.windows(run, part)
-            texts = self.tokenizer.batch_decode(np.hstack([prompts, continuations]).tolist())
+            texts = self.templating_texts(np.hstack([prompts, continuations]))
             known.update(zip(part.tolist(), map(is_templated, texts), strict=True))
         return np.array([known[i] for i in indices.tolist()], dtype=bool)
 
