@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,10 +21,15 @@ import pyarrow as pa
 from vmem.data import Dataset, open_dataset
 from vmem.errors import VmemError, first_line
 from vmem.scoring import prompt_lens
+from vmem.study.display import count, percent
+from vmem.study.document import Document
 from vmem.study.duplication import Duplicates, read_duplicates
 from vmem.study.export import first_tokens
 from vmem.study.merged_runs import Run
 from vmem.study.templates import is_templated
+
+if TYPE_CHECKING:  # the study's context holds Sequences: importing it here would be a cycle
+    from vmem.study.context import Study
 
 RECITATION, RECONSTRUCTION, RECOLLECTION = "recitation", "reconstruction", "recollection"
 CATEGORIES = (RECITATION, RECONSTRUCTION, RECOLLECTION)
@@ -271,3 +277,51 @@ def taxonomy_figure(table: pd.DataFrame, runs: list[Run], path: Path) -> None:
 def _sequences(table: pd.DataFrame, run: str, category: str) -> int:
     rows = table[(table["run"] == run) & (table["category"] == category)]
     return int(rows["sequences"].sum())
+
+
+def tables(study: Study) -> dict[str, pd.DataFrame]:
+    """The taxonomy table; the classified runs go in `study.notes` for the examples."""
+    if study.duplicates is None:
+        return {}
+    classified = classify(study.runs, study.duplicates, study.sequences,
+                          study.recitation_threshold)
+    study.notes["classified"] = classified
+    return {"taxonomy": taxonomy_table(classified)}
+
+
+def figures(study: Study, folder: Path) -> dict[str, str]:
+    if not len(study.tables.get("taxonomy", ())):
+        return {}
+    taxonomy_figure(study.tables["taxonomy"], study.runs, folder / "taxonomy.png")
+    return {"taxonomy": "taxonomy.png"}
+
+
+def section(doc: Document, study: Study) -> None:
+    if "taxonomy" not in study.tables:
+        return
+    doc.section("Why it was memorized: recitation, reconstruction, recollection")
+    doc.paragraph(
+        f"Each memorized sequence, in this order (Prashanth et al. 2024): recitation if its "
+        f"continuation occurs at least {study.recitation_threshold} times in the training data "
+        f"(`--recitation-threshold`), else reconstruction if its text is templated "
+        f"(incrementing or repeating, the rules of EleutherAI/semantic-memorization), else "
+        f"recollection. A count includes every epoch: data seen E times gives each sequence a "
+        f"count of at least E, so with several epochs recitation takes in sequences stored only "
+        f"once (Pythia saw its data about once, 1.5 times for the deduped models). Memorized "
+        f"sequences the table does not list are unlisted. All values: `tables/taxonomy.csv`.")
+    if study.sequences is None:
+        doc.paragraph("No reconstruction category: templating is decided on the text, which "
+                      "needs `--tokenizer`; shown are recitation and the rest (not recitation).")
+    table = study.tables["taxonomy"]
+    if not len(table):
+        doc.paragraph("No run has memorized sequences the table lists.")
+        return
+    wide = table.pivot_table(index="run", columns="category", values="sequences", sort=False)
+    shares = table.pivot_table(index="run", columns="category", values="share", sort=False)
+    shown = pd.DataFrame({"run": wide.index})
+    for category in wide.columns:
+        shown[category] = [f"{count(n)} ({percent(v)})" for n, v in
+                           zip(wide[category], shares[category], strict=True)]
+    doc.table(shown)
+    doc.figure(study.figures["taxonomy"], "Memorized sequences per category against model size "
+                                          "and against checkpoint.")
