@@ -11,9 +11,9 @@ from vmem.errors import VmemError
 from vmem.io.location import Output
 from vmem.study import (
     agreement,
+    by_duplication,
     compute,
     distribution,
-    duplication,
     examples,
     extraction,
     forgetting,
@@ -24,6 +24,7 @@ from vmem.study import (
     rates,
     score_by_step,
     taxonomy,
+    why_memorized,
 )
 from vmem.study.comparisons import FAMILIES, split_twins
 from vmem.study.context import Study
@@ -36,7 +37,8 @@ from vmem.study.taxonomy import RECITATION_THRESHOLD, Sequences
 
 # The analyses in the order the report shows them (see vmem.study.context for their shape).
 ANALYSES = (rates, distribution, predictability, compute, score_by_step, logprob, prompt_length,
-            agreement, integrity, forgetting, extraction, duplication, taxonomy, examples)
+            agreement, integrity, forgetting, extraction, by_duplication, why_memorized,
+            examples)
 
 
 def report(folders: Sequence[str], out: str | os.PathLike, *, duplicates: str | None = None,
