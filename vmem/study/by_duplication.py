@@ -17,9 +17,8 @@ from vmem.study.duplication import duplication_table, rarity_table
 def tables(study: Study) -> dict[str, pd.DataFrame]:
     if study.duplicates is None:
         return {}
-    found = {}
-    found["duplication"], study.notes["unlisted"] = duplication_table(study.runs,
-                                                                     study.duplicates)
+    table, study.notes["unlisted"] = duplication_table(study.runs, study.duplicates)
+    found = {"duplication": table}
     if study.duplicates.frequencies is not None:
         found["token_rarity"] = rarity_table(study.runs, study.duplicates)
     return found
