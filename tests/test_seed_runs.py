@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from tests.test_report import CONT_LEN, run_report, write_run
-from vmem.study import analysis
+from vmem.study import passes
 from vmem.study.index_trend import score_percentile
 from vmem.study.merged_runs import load_run
 
@@ -25,7 +25,7 @@ def seed_runs(tmp_path: Path, monkeypatch) -> tuple[Path, dict[str, Path]]:
     """A run whose score rises with index; one whose memorized sequences per window of 512 are
     Poisson; one (a verification run: flags only) whose memorized sequences come in clusters of
     windows with the same mean. Chunks far smaller than the runs."""
-    monkeypatch.setattr(analysis, "CHUNK", 997)
+    monkeypatch.setattr(passes, "CHUNK", 997)
     rng = np.random.default_rng(5)
     runs = tmp_path / "runs"
     runs.mkdir()

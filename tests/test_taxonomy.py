@@ -23,7 +23,7 @@ from tests.test_report import CONT_LEN, write_run
 from vmem.cli import main
 from vmem.demo.corpus import save_tokenizer, train_tokenizer
 from vmem.io import mmidx
-from vmem.study import analysis
+from vmem.study.compute import fit_power_law
 from vmem.study.document import visible
 from vmem.study.templates import is_incrementing, is_repeating, is_templated
 
@@ -296,10 +296,10 @@ def test_sections_are_numbered_consecutively(corpus: dict, tmp_path: Path) -> No
 
 
 def test_a_power_law_through_two_points_has_no_r2(tmp_path: Path) -> None:
-    law = analysis.fit_power_law(np.array([1e18, 1e20]), np.array([0.1, 0.4]))
+    law = fit_power_law(np.array([1e18, 1e20]), np.array([0.1, 0.4]))
     assert law.points == 2 and np.isnan(law.r2)
     assert np.isclose(law(1e20), 0.4)  # the fit itself is kept
-    three = analysis.fit_power_law(np.array([1e18, 1e19, 1e20]), np.array([0.1, 0.25, 0.4]))
+    three = fit_power_law(np.array([1e18, 1e19, 1e20]), np.array([0.1, 0.25, 0.4]))
     assert three.points == 3 and 0 < three.r2 < 1
     # In a report: two cheap runs of one family and target give a 2-point fit.
     runs = tmp_path / "runs"

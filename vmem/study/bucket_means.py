@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vmem.study import analysis
+from vmem.study import passes
 from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
@@ -82,7 +82,7 @@ def bucket_means(run: Run, kept: np.ndarray, size: int) -> pd.DataFrame:
 def bucket_table(runs: list[Run]) -> pd.DataFrame:
     parts = []
     for run in runs:
-        counts = analysis.score_counts(run)
+        counts = passes.score_counts(run)
         for q in PERCENTILES:
             means = bucket_means(run, top_scores(run, counts, q),
                                  BUCKET_STEPS * run.sequences_per_step)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vmem.study import analysis
+from vmem.study import passes
 from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
@@ -76,9 +76,9 @@ def top_scores(run: Run, counts: np.ndarray, q: float) -> np.ndarray:
 
 
 def pass_size() -> int:
-    """Sequences per pass over a run's scores: an eighth of analysis.CHUNK, as each selected
+    """Sequences per pass over a run's scores: an eighth of passes.CHUNK, as each selected
     sequence costs three 8-byte temporaries here where the other passes cost one."""
-    return max(1, analysis.CHUNK // 8)
+    return max(1, passes.CHUNK // 8)
 
 
 def filter_title(q: int) -> str:
@@ -115,7 +115,7 @@ def fitted_line(run: Run, kept: np.ndarray) -> dict:
 def trend_table(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
-        counts = analysis.score_counts(run)
+        counts = passes.score_counts(run)
         for q in PERCENTILES:
             line = fitted_line(run, top_scores(run, counts, q))
             # As the notebook: variation is fit.iloc[-1] - fit.iloc[0] over the selected rows in

@@ -34,8 +34,6 @@ EXAMPLES = 3  # per run and category
 DECODE_ROWS = 65_536  # sequences read and decoded at a time
 COLUMNS = ["run", "category", "sequences", "share"]
 EXAMPLE_COLUMNS = ["run", "category", "index", "count", "prompt", "continuation"]
-COLORS = {RECITATION: "tab:red", RECONSTRUCTION: "tab:green", RECOLLECTION: "tab:blue",
-          NOT_RECITATION: "tab:purple", UNLISTED: "tab:gray"}
 
 
 def load_tokenizer(name: str):
@@ -241,45 +239,3 @@ def examples_table(classified: list[Classified], sequences: Sequences,
                                  count=int(c.count[at]) if category != UNLISTED else None,
                                  prompt=prompt, continuation=continuation))
     return pd.DataFrame(rows, columns=EXAMPLE_COLUMNS).astype({"count": "Int64"})
-
-
-def taxonomy_figure(table: pd.DataFrame, runs: list[Run], path: Path) -> None:
-    """As the paper's: memorized sequences per category, stacked, against model size (each
-    model's latest checkpoint) and against checkpoint (the model with the most checkpoints)."""
-    from matplotlib.figure import Figure
-
-    by_name = {run.name: run for run in runs}
-    shown = [by_name[name] for name in dict.fromkeys(table["run"])]
-    latest = {}
-    for run in sorted(shown, key=lambda r: r.step or 0):
-        latest[run.label] = run  # the last one per model wins
-    sized = sorted(latest.values(), key=lambda r: (r.params or 0, r.label))
-    per_model = {}
-    for run in shown:
-        per_model.setdefault(run.label, []).append(run)
-    widest = max(per_model.values(), key=len)
-    timed = sorted(widest, key=lambda r: r.step or 0)
-    fig = Figure(figsize=(11, 4.5))
-    axes = fig.subplots(1, 2)
-    for ax, group, ticks, label in (
-        (axes[0], sized, [r.label for r in sized], "model (its latest checkpoint evaluated)"),
-        (axes[1], timed, [str(r.step) for r in timed], f"checkpoint step ({timed[0].label})"),
-    ):
-        bottom = np.zeros(len(group))
-        for category in dict.fromkeys(table["category"]):
-            counts = np.array([_sequences(table, r.name, category) for r in group], dtype=float)
-            ax.bar(range(len(group)), counts, bottom=bottom, color=COLORS[category],
-                   label=category)
-            bottom += counts
-        ax.set_xticks(range(len(group)), ticks, rotation=30, fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel("memorized sequences")
-        ax.legend(fontsize=8)
-    fig.suptitle("Memorized sequences by category: recitation, reconstruction, recollection")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-
-
-def _sequences(table: pd.DataFrame, run: str, category: str) -> int:
-    rows = table[(table["run"] == run) & (table["category"] == category)]
-    return int(rows["sequences"].sum())

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from vmem.study import analysis
+from vmem.study import passes
 from vmem.study.comparisons import checkpoints_by_model
 from vmem.study.context import Study
 from vmem.study.display import show
@@ -78,7 +78,7 @@ def window_histogram(run: Run) -> np.ndarray | None:
     if start >= stop:
         return None
     histogram = np.zeros(WINDOW + 1, dtype=np.int64)
-    step = max(1, analysis.CHUNK // WINDOW) * WINDOW  # chunks of whole windows
+    step = max(1, passes.CHUNK // WINDOW) * WINDOW  # chunks of whole windows
     for a in range(start, stop, step):
         b = min(a + step, stop)
         per_window = run.memorized(a, b).reshape(-1, WINDOW).sum(axis=1)
