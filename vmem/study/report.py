@@ -11,7 +11,16 @@ import pandas as pd
 from vmem import pythia
 from vmem.errors import VmemError
 from vmem.io.location import Output
-from vmem.study import analysis, extraction, figures, forgetting, integrity, taxonomy
+from vmem.study import (
+    analysis,
+    correlation,
+    cross_correlation,
+    extraction,
+    figures,
+    forgetting,
+    integrity,
+    taxonomy,
+)
 from vmem.study.comparisons import FAMILIES, plan_comparisons, split_twins, without_final
 from vmem.study.context import Study
 from vmem.study.display import count, number, percent, show
@@ -31,7 +40,7 @@ from vmem.study.taxonomy import RECITATION_THRESHOLD, Sequences
 # sequences, what every checkpoint of the paper's grid has seen.
 MEM_GRAPH_BOUND = 23_000 * 1024
 # The analyses in the order the report shows them (see vmem.study.context for their shape).
-ANALYSES = (forgetting,)
+ANALYSES = (forgetting, correlation, cross_correlation)
 
 
 def report(folders: Sequence[str], out: str | os.PathLike, *, duplicates: str | None = None,
