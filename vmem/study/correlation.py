@@ -67,21 +67,21 @@ def section(doc: Document, study: Study) -> None:
                   "score (or memorize) the same sequences; near 0, that which sequences one "
                   "memorizes says nothing about the other. A subset constant in a run (nothing "
                   "memorized, say) has no r.")
-    if "score_correlation" in study.tables:
-        doc.paragraph("Between models of a suite at each checkpoint two or more of them share "
-                      "(the notebook: all sizes at step 143000). The figure shows each suite's "
-                      "latest such checkpoint.")
-        doc.table(show(study.tables["score_correlation"]))
-        doc.figure(study.figures["score_correlation"],
-                   "Pearson's r between models at one checkpoint, per subset.")
-    if "checkpoint_correlation" in study.tables:
-        doc.paragraph("Between the checkpoints of each model, over the indices all of them "
-                      "evaluated (the notebook: below 23,000 · 1,024, what every checkpoint of "
-                      "its grid had trained on).")
-        doc.table(show(study.tables["checkpoint_correlation"]))
-        doc.figure(study.figures["checkpoint_correlation"],
-                   "Pearson's r between the checkpoints of each model (the score where the "
-                   "runs have it, else memorized).")
+    for name, text, caption in (
+            ("score_correlation",
+             "Between models of a suite at each checkpoint two or more of them share (the "
+             "notebook: all sizes at step 143000). The figure shows each suite's latest such "
+             "checkpoint.",
+             "Pearson's r between models at one checkpoint, per subset."),
+            ("checkpoint_correlation",
+             "Between the checkpoints of each model, over the indices all of them evaluated (the "
+             "notebook: below 23,000 · 1,024, what every checkpoint of its grid had trained on).",
+             "Pearson's r between the checkpoints of each model (the score where the runs have "
+             "it, else memorized).")):
+        if name in study.tables:
+            doc.paragraph(text)
+            doc.table(show(study.tables[name]))
+            doc.figure(study.figures[name], caption)
 
 
 def score_percentile(counts: np.ndarray, cont_len: int, q: float) -> float:
@@ -172,8 +172,7 @@ def model_table(runs: list[Run], thresholds: dict[str, dict[str, float]]) -> pd.
         groups[(run.suite, -1 if run.step is None else run.step)].append(run)
     rows = []
     for key in sorted(groups):
-        ordered = sorted(groups[key], key=lambda r: (r.params or 0, r.name))
-        for a, b in combinations(ordered, 2):
+        for a, b in combinations(by_size(groups[key]), 2):
             start, stop = max(a.start, b.start), min(a.stop, b.stop)
             if stop - start >= 2:
                 rows += pair_rows(a, b, start, stop, thresholds)
@@ -214,7 +213,7 @@ def heatmap(ax, values: np.ndarray, labels: list[str], title: str) -> None:
     size = 8 if len(labels) <= 8 else 5
     for (i, j), v in np.ndenumerate(values):
         ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
-                fontsize=size)
+                fontsize=size, color="white" if abs(v) > 0.6 else "black")
     ax.set_title(title, fontsize=9)
 
 
@@ -225,8 +224,13 @@ def grid(panels: int, columns: int = 4, width: float = 3.6, height: float = 3.6)
 
     cols = min(panels, columns)
     nrows = math.ceil(panels / cols)
-    fig = Figure(figsize=(width * cols, height * nrows))
+    fig = Figure(figsize=(width * cols, height * nrows), layout="constrained")
     return fig, fig.subplots(nrows, cols, squeeze=False).ravel()
+
+
+def by_size(runs: list[Run]) -> list[Run]:
+    """Runs in the order the figures show them: by suite, size and name."""
+    return sorted(runs, key=lambda r: (r.suite, r.params or 0, r.name))
 
 
 def model_figure(table: pd.DataFrame, runs: dict[str, Run], path: Path) -> None:
@@ -238,9 +242,8 @@ def model_figure(table: pd.DataFrame, runs: dict[str, Run], path: Path) -> None:
         latest[a.suite] = max(latest.get(a.suite, -1), -1 if a.step is None else a.step)
     panels = []
     for suite, step in sorted(latest.items()):
-        shown = sorted({r.name: r for pair in pairs for r in pair if r.suite == suite
-                        and (-1 if r.step is None else r.step) == step}.values(),
-                       key=lambda r: (r.params or 0, r.name))
+        shown = by_size(list({r.name: r for pair in pairs for r in pair if r.suite == suite
+                              and (-1 if r.step is None else r.step) == step}.values()))
         names = [r.name for r in shown]
         for subset in SUBSETS:
             rows = table[(table["subset"] == subset) & table["a"].isin(names)]
@@ -258,8 +261,8 @@ def model_figure(table: pd.DataFrame, runs: dict[str, Run], path: Path) -> None:
 def checkpoint_figure(table: pd.DataFrame, runs: dict[str, Run], path: Path) -> None:
     """Per model, its checkpoints' r on the score (else on memorized)."""
     models: dict[str, list[Run]] = defaultdict(list)
-    for name in dict.fromkeys([*table["a"], *table["b"]]):
-        models[runs[name].model].append(runs[name])
+    for run in by_size([runs[name] for name in dict.fromkeys([*table["a"], *table["b"]])]):
+        models[run.model].append(run)
     fig, axes = grid(len(models))
     for ax, checkpoints in zip(axes, models.values(), strict=False):
         checkpoints.sort(key=lambda r: r.step)

@@ -24,7 +24,7 @@ import pandas as pd
 from vmem.study import analysis
 from vmem.study.comparisons import checkpoints_by_model
 from vmem.study.context import Study
-from vmem.study.correlation import grid
+from vmem.study.correlation import by_size, grid
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
@@ -130,7 +130,8 @@ def normalized_cross_correlation(f: Run, g: Run, start: int, stop: int, max_lag:
         # Circular correlation over a length ≥ len(reach): out[k] = Σ_m f[m] g[m + k − max_lag]
         # wraps around only for k > 2 · max_lag, so out[:2 · max_lag + 1] is exact; τ = max_lag − k.
         size = fft.next_fast_len(reach.size, real=True)
-        out = fft.irfft(fft.rfft(reach, size) * np.conj(fft.rfft(block, size)), size)
+        spectrum = fft.rfft(reach, size, workers=-1) * np.conj(fft.rfft(block, size, workers=-1))
+        out = fft.irfft(spectrum, size, workers=-1)
         total += out[2 * max_lag::-1]
     return lags, total / math.sqrt(spread_f * spread_g)
 
@@ -152,19 +153,24 @@ def envelope(lags: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
 def cross_correlation_figure(table: pd.DataFrame, curves: dict, runs: dict[str, Run],
                              path: Path) -> None:
     """One panel per model: each earlier/later pair's curve and its peak."""
-    by_model: dict[str, list] = {}
+    by_model: dict[str, list] = {run.model: [] for run in by_size([runs[a] for a in table["a"]])}
     for row in table.itertuples():
-        by_model.setdefault(runs[row.a].model, []).append(row)
+        by_model[runs[row.a].model].append(row)
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = grid(len(by_model), columns=3, width=5.5, height=3.8)
     for ax, rows in zip(axes, by_model.values(), strict=False):
         for row in rows:
             middle, low, high = curves[(row.a, row.b)]
             label = f"{runs[row.a].step} → {runs[row.b].step}"
-            line = ax.fill_between(middle, low, high, alpha=0.6, linewidth=0.8, label=label)
+            # The bins' maxima as a line too: a spike one bin wide stays visible.
+            (line,) = ax.plot(middle, high, linewidth=0.8, label=label)
+            ax.fill_between(middle, low, high, alpha=0.4, color=line.get_color())
             if not pd.isna(row.peak):
                 ax.plot([row.peak_lag], [row.peak], "_", markersize=14, markeredgewidth=2,
-                        color=line.get_facecolor()[0])
+                        color=line.get_color())
         ax.set_title(runs[rows[0].a].label, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel("lag (sequences)")
         ax.set_ylabel("normalized cross-correlation")
         ax.legend(fontsize=6, loc="upper right")
