@@ -55,23 +55,10 @@ def section(doc: Document, study: Study) -> None:
                "Percent change of the fitted line across the run, per checkpoint and percentile.")
 
 
-def score_percentile(counts: np.ndarray, cont_len: int, q: float) -> float:
-    """np.percentile(scores, q), numpy's default (linear) method, of the scores
-    matches / cont_len whose histogram over 0..cont_len is `counts`: the same value, bit for
-    bit, interpolated the way numpy's _lerp does."""
-    n = int(counts.sum())
-    position = (n - 1) * (q / 100)
-    below = min(math.floor(position), n - 1)
-    a, b = np.searchsorted(np.cumsum(counts), [below, min(below + 1, n - 1)],
-                           side="right") / cont_len
-    t = position - below
-    return float(b - (b - a) * (1 - t)) if t >= 0.5 else float(a + (b - a) * t)
-
-
 def top_scores(run: Run, counts: np.ndarray, q: float) -> np.ndarray:
     """Per number of matches 0..cont_len: whether its score is at least the run's q-th
     percentile (the notebook's `evals[evals['accuracy'] >= np.percentile(...)]`)."""
-    threshold = score_percentile(counts, run.cont_len, q)
+    threshold = passes.score_percentile(counts, run.cont_len, q)
     return np.arange(run.cont_len + 1) / run.cont_len >= threshold
 
 

@@ -4,6 +4,7 @@ sequences; and tables whose optional integer columns stay integers."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -33,6 +34,19 @@ def score_counts(run: Run) -> np.ndarray:
     for a, b in chunks(0, run.evaluated):
         counts += np.bincount(run.matches[a:b], minlength=run.cont_len + 1)
     return counts
+
+
+def score_percentile(counts: np.ndarray, cont_len: int, q: float) -> float:
+    """np.percentile(scores, q), numpy's default (linear) method, of the scores
+    matches / cont_len whose histogram over 0..cont_len is `counts`: the same value, bit for
+    bit, interpolated the way numpy's _lerp does."""
+    n = int(counts.sum())
+    position = (n - 1) * (q / 100)
+    below = min(math.floor(position), n - 1)
+    a, b = np.searchsorted(np.cumsum(counts), [below, min(below + 1, n - 1)],
+                           side="right") / cont_len
+    t = position - below
+    return float(b - (b - a) * (1 - t)) if t >= 0.5 else float(a + (b - a) * t)
 
 
 def frame(rows: list[dict], nullable_ints: list[str],

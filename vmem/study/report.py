@@ -14,6 +14,8 @@ from vmem.study import (
     bucket_means,
     by_duplication,
     compute,
+    correlation,
+    cross_correlation,
     distribution,
     examples,
     extraction,
@@ -43,7 +45,7 @@ ANALYSES = (rates, distribution, predictability, compute, score_by_step, logprob
             agreement, integrity, forgetting, extraction, by_duplication, why_memorized,
             examples,
             # The seed's figures (EleutherAI/pythia's predictable-memorization/eda.ipynb)
-            index_trend, bucket_means, uniformity)
+            index_trend, bucket_means, correlation, cross_correlation, uniformity)
 
 
 def report(folders: Sequence[str], out: str | os.PathLike, *, duplicates: str | None = None,
