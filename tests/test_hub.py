@@ -37,12 +37,25 @@ PYTHIA = {
     "/models/pythia-1b/step143000": ("1b", False, False, "pythia"),
     "/models/pythia-1b-deduped/": ("1b", True, False, "pythia-deduped"),
     "/models/pythia-70m-v0/step23000/": ("70m", False, True, "pythia-v0"),
+    "EleutherAI/pythia-14m": ("14m", False, False, "pythia"),
+    "EleutherAI/pythia-31m": ("31m", False, False, "pythia"),
+}
+POLYPYTHIAS = {
+    # name → (size, variant, seed, suite): each variant and seed is its own training run
+    "EleutherAI/pythia-14m-seed3": ("14m", "seed", 3, "pythia-seed3"),
+    "EleutherAI/pythia-31m-seed9": ("31m", "seed", 9, "pythia-seed9"),
+    "EleutherAI/pythia-160m-data-seed2": ("160m", "data-seed", 2, "pythia-data-seed2"),
+    "EleutherAI/pythia-160m-weight-seed1": ("160m", "weight-seed", 1, "pythia-weight-seed1"),
+    "/models/pythia-410m-seed10/step1000/": ("410m", "seed", 10, "pythia-seed10"),
 }
 NOT_PYTHIA = [
     "EleutherAI/pythia-1b-sft", "someone/pythia-1b-finetuned", "pythia-1b-deduped-lora",
     "EleutherAI/pythia-1b-v0-sft", "EleutherAI/pythia-1b-deduped_v1", "EleutherAI/pythia-3b",
     "EleutherAI/mypythia-1b", "/models/pythia-1b/finetuned", "/models/pythia-1b/step143000/lora",
     "EleutherAI/gpt-neox-20b",
+    "EleutherAI/pythia-160m-seed", "EleutherAI/pythia-160m-deduped-seed1",
+    "EleutherAI/pythia-160m-seed1-v0", "EleutherAI/pythia-160m-seed1-sft",
+    "EleutherAI/pythia-160m-dataseed1", "EleutherAI/pythia-3b-seed1",
 ]
 
 
@@ -55,6 +68,35 @@ def test_pythia_names_resolve_size_suite_parameters_and_revision(model):
     assert pythia.suite_of(model) == suite
     assert revision_for(model, None, 23_000) == "step23000"
     assert revision_for(model, "main", 23_000) == "main"
+
+
+@pytest.mark.parametrize("model", POLYPYTHIAS)
+def test_polypythias_names_give_size_parameters_and_their_own_suite(model):
+    size, variant, seed, suite = POLYPYTHIAS[model]
+    found = pythia.parse(model)
+    assert (found.size.name, found.variant, found.seed) == (size, variant, seed)
+    assert not found.deduped and not found.v0
+    assert pythia.size_of(model).params == pythia.SIZES[size].params
+    assert pythia.suite_of(model) == suite
+    assert revision_for(model, None, 1000) == "step1000"
+
+
+def test_the_two_smallest_sizes_have_heads_of_32():
+    for size, hidden, heads in (("14m", 128, 4), ("31m", 256, 8)):
+        found = pythia.SIZES[size]
+        assert (found.layers, found.hidden, found.heads, found.hidden // heads) == (
+            6, hidden, heads, 32)
+
+
+@pytest.mark.parametrize("size", list(pythia.SIZES))
+def test_each_sizes_parameter_count_is_its_shapes(size):
+    """The table's parameters (the model cards') equal a GPT-NeoX of the table's shape."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**pythia.neox_config_kwargs(size)))
+    assert sum(p.numel() for p in model.parameters()) == pythia.SIZES[size].params
 
 
 @pytest.mark.parametrize("model", NOT_PYTHIA)

@@ -3,6 +3,7 @@ as flags-only merged runs, round-tripped against planted runs and data, reported
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -57,9 +58,11 @@ def released(tmp_path: Path, generated: Path, data: str) -> Path:
     return path
 
 
-def import_list(source: Path | str, out: Path, *extra: str, model: str = "EleutherAI/pythia-70m",
-                step: int = STEP, per_step: int = PER_STEP) -> list[str]:
-    return ["import-released", str(source), "--model", model, "--step", str(step),
+def import_list(source: Path | str | list, out: Path, *extra: str,
+                model: str = "EleutherAI/pythia-70m", step: int = STEP,
+                per_step: int = PER_STEP) -> list[str]:
+    sources = source if isinstance(source, list) else [source]
+    return ["import-released", *map(str, sources), "--model", model, "--step", str(step),
             "--sequences-per-step", str(per_step), "-o", str(out), *extra]
 
 
@@ -90,9 +93,11 @@ def test_imported_flags_equal_the_runs_flags(tmp_path, released, generated, data
     assert settings["data"]["num_sequences"] == SEQUENCES
     assert manifest["params"] == 70_426_624 and manifest["step"] == STEP
     source = manifest["source"]
-    assert (source["file"], source["rows"], source["tokens_checked"]) == (
-        str(released), len(MEMORIZED), True)
-    assert len(source["sha256"]) == 64 and len(manifest["fingerprint"]) == 10
+    assert (source["split"], source["rows"], source["tokens_checked"]) == (
+        None, len(MEMORIZED), True)
+    assert [(f["file"], f["rows"]) for f in source["files"]] == [(str(released), len(MEMORIZED))]
+    assert source["files"][0]["sha256"] == hashlib.sha256(released.read_bytes()).hexdigest()
+    assert len(manifest["fingerprint"]) == 10
 
     table = pq.ParquetFile(out / f"{NAME}.parquet")
     assert table.schema_arrow == pa.schema([("index", pa.int64()), ("memorized", pa.bool_())])
@@ -114,7 +119,7 @@ def test_list_and_data_on_s3(tmp_path, released, data, s3_server, s3_client,
     assert main(import_list(f"{remote}/{released.name}", tmp_path / "results", "--data",
                             f"{remote}/pile", "--s3-endpoint", s3_server)) == 0
     manifest = json.loads((tmp_path / "results" / f"{NAME}.manifest.json").read_text())
-    assert manifest["source"]["file"] == f"{remote}/{released.name}"
+    assert manifest["source"]["files"][0]["file"] == f"{remote}/{released.name}"
     assert manifest["settings"]["data"]["location"] == f"{remote}/pile"
     run = load_run(str(tmp_path / "results" / f"{NAME}.parquet"))
     assert np.flatnonzero(run.flags).tolist() == MEMORIZED
@@ -223,3 +228,123 @@ def test_refused_in_one_line_writing_nothing(capsys, tmp_path, released, data, c
     assert expected in err
     assert out.read_text() == "mine" if case == "output is a file" else not Path(out).exists()
     assert not Path("gs:").exists()  # no local folder named after the URL
+
+
+# --- a split stored as several files (data/<split>-0000k-of-0000n-<hash>.parquet) ----------------
+
+def write_parts(folder: Path, table: pa.Table, split: str, parts: int) -> list[Path]:
+    """`table`'s rows cut into `parts` consecutive files, named as the dataset names a split's
+    files (each with a hash of its own)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, table.num_rows, parts + 1).round().astype(int)
+    paths = []
+    for k in range(parts):
+        path = folder / f"{split}-{k:05d}-of-{parts:05d}-{k + 0x86e948f5c2689f6a:x}.parquet"
+        pq.write_table(table.slice(bounds[k], bounds[k + 1] - bounds[k]), path)
+        paths.append(path)
+    return paths
+
+
+def imported(out: Path) -> list[int]:
+    return np.flatnonzero(load_run(str(out / f"{NAME}.parquet")).flags).tolist()
+
+
+def test_a_split_in_two_files_imports_every_row(capsys, tmp_path, released, data) -> None:
+    data_folder = tmp_path / "pythia-memorized-evals" / "data"
+    first, second = write_parts(data_folder, pq.read_table(released), "deduped.1b.new", 2)
+    assert 0 < pq.read_metadata(first).num_rows < len(MEMORIZED)  # rows in both files
+    write_parts(data_folder, pq.read_table(released).slice(0, 3), "duped.70m", 1)  # another split
+
+    ways = {"paths": [str(second), str(first)],  # in any order
+            "glob": [str(data_folder / "deduped.1b.new-*.parquet")],
+            "folder": [str(data_folder), "--split", "deduped.1b.new"],
+            "split's folder": [str(tmp_path / "alone")]}
+    (tmp_path / "alone").mkdir()
+    for path in (first, second):
+        shutil.copy(path, tmp_path / "alone" / path.name)
+    for way, args in ways.items():
+        out = tmp_path / way
+        argv = import_list([a for a in args if not a.startswith(("--", "deduped"))], out,
+                           *[a for a in args if a.startswith(("--", "deduped"))], "--data", data)
+        assert main(argv) == 0, way
+        assert imported(out) == MEMORIZED, way
+        source = json.loads((out / f"{NAME}.manifest.json").read_text())["source"]
+        folder = tmp_path / "alone" if way == "split's folder" else data_folder
+        assert source["split"] == "deduped.1b.new" and source["rows"] == len(MEMORIZED)
+        assert [f["file"] for f in source["files"]] == [str(folder / first.name),
+                                                         str(folder / second.name)]
+        assert [f["rows"] for f in source["files"]] == [pq.read_metadata(p).num_rows
+                                                        for p in (first, second)]
+        assert "warning" not in capsys.readouterr().err  # no card figure for this split
+
+    # The data/ folder holds two splits: which one is asked for.
+    err = cli_error(capsys, import_list(data_folder, tmp_path / "none"))
+    assert "holds the files of 2 splits (deduped.1b.new, duped.70m); name one with --split" in err
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_split_on_s3_as_a_glob_and_a_folder(tmp_path, released, s3_server, s3_client,
+                                              s3_bucket) -> None:
+    for path in write_parts(tmp_path / "data", pq.read_table(released), "deduped.1b.new", 2):
+        s3_client.upload_file(str(path), s3_bucket, f"evals/data/{path.name}")
+    remote = f"s3://{s3_bucket}/evals/data"
+    for way, source in (("glob", f"{remote}/deduped.1b.new-0000?-of-00002-*.parquet"),
+                        ("folder", f"{remote}/")):
+        out = tmp_path / way
+        assert main(import_list(source, out, "--s3-endpoint", s3_server)) == 0, way
+        assert imported(out) == MEMORIZED, way
+
+
+@pytest.mark.parametrize("case", ["overlap", "missing part", "two splits", "unnamed file",
+                                  "part twice", "no match", "another --split"])
+def test_a_split_whose_files_disagree_is_refused_in_one_line(capsys, tmp_path, released,
+                                                             case) -> None:
+    table = pq.read_table(released)
+    folder = tmp_path / "data"
+    first, second = write_parts(folder, table, "duped.1b", 2)
+    sources, extra = [first, second], []
+    if case == "overlap":
+        # The second file also lists one of the first file's sequences.
+        shared = pq.read_table(first).slice(0, 1)
+        pq.write_table(pa.concat_tables([pq.read_table(second), shared]), second)
+        expected = (f"{first} and {second} both list index {shared.column('index')[0]} (1 "
+                    f"index(es) in two files); a split's files do not overlap")
+    elif case == "missing part":
+        sources = [second]
+        expected = "split duped.1b: part(s) 00000 of its 2 file(s) missing (found 00001)"
+    elif case == "two splits":
+        other = write_parts(folder, table, "deduped.1b", 1)[0]
+        sources = [first, other]
+        expected = (f"{first} and {other} are not parts of one split (split duped.1b of 2 "
+                    f"files, split deduped.1b of 1)")
+    elif case == "unnamed file":
+        sources = [first, write_list(tmp_path / "mine.parquet", [1])]
+        expected = f"{tmp_path / 'mine.parquet'}: not named as a part of a split"
+    elif case == "part twice":
+        copy = folder / second.name.replace("-of-00002-", "-of-00002-ff")
+        shutil.copy(second, copy)
+        sources = [first, second, copy]
+        expected = "are both part 00001 of split duped.1b"
+    elif case == "no match":
+        sources = [folder / "deduped.12b-*.parquet"]
+        expected = f"{folder / 'deduped.12b-*.parquet'}: matches no file"
+    else:
+        extra = ["--split", "duped.12b"]
+        expected = "--split duped.12b: the files given are of split duped.1b"
+    out = tmp_path / "results"
+    err = cli_error(capsys, import_list(sources, out, *extra))
+    assert expected in err
+    assert not out.exists()
+
+
+def test_a_known_split_with_another_count_than_its_card_warns(capsys, tmp_path,
+                                                              released) -> None:
+    paths = write_parts(tmp_path / "data", pq.read_table(released), "duped.70m", 2)
+    out = tmp_path / "results"
+    assert main(import_list(paths, out)) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    # The card lists 463,953 memorized sequences for duped.70m.
+    assert warnings == [f"vmem import-released: warning: split duped.70m lists "
+                        f"{len(MEMORIZED)} sequences, its dataset card 463,953; are all its "
+                        f"files here?"]
+    assert imported(out) == MEMORIZED  # imported all the same

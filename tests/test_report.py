@@ -15,8 +15,12 @@ import pytest
 
 from tests.cli import cli_error
 from vmem.cli import main
-from vmem.study import analysis
+from vmem.study import passes
+from vmem.study.compute import compute_fits, equi_compute_table, fit_power_law
 from vmem.study.merged_runs import load_run
+from vmem.study.passes import score_counts
+from vmem.study.predictability import confusion
+from vmem.study.score_by_step import step_profile
 
 CONT_LEN = 32
 
@@ -179,7 +183,7 @@ def test_index_bound_restricts_every_comparison_as_mem_graph_did(study: Path, tm
 def test_passes_in_small_chunks_agree_with_pandas(tmp_path: Path, monkeypatch) -> None:
     """The chunked numpy passes, with chunks far smaller than the runs, against a plain
     pandas computation on the same files."""
-    monkeypatch.setattr(analysis, "CHUNK", 7)
+    monkeypatch.setattr(passes, "CHUNK", 7)
     rng = np.random.default_rng(11)
     cheap_path = write_run(tmp_path, "cheap", model="m-small", step=5, start=3, stop=203,
                            memorized=sorted(rng.choice(np.arange(3, 203), 30, replace=False)),
@@ -191,24 +195,24 @@ def test_passes_in_small_chunks_agree_with_pandas(tmp_path: Path, monkeypatch) -
     a = pd.read_parquet(cheap_path).set_index("index")["matches"] == CONT_LEN
     b = pd.read_csv(target_path).set_index("index")["matches"] == CONT_LEN
     a, b = a.loc[50:202], b.loc[50:202]
-    cm = analysis.confusion(cheap, target)
+    cm = confusion(cheap, target)
     assert (cm.tp, cm.fp, cm.fn, cm.tn) == ((a & b).sum(), (a & ~b).sum(), (~a & b).sum(),
                                             (~a & ~b).sum())
 
     table = pd.read_parquet(cheap_path)
     per_step = table.groupby(table["index"] // 4)["matches"].agg(["size", "sum"])
-    profile = analysis.step_profile(cheap)
+    profile = step_profile(cheap)
     assert profile.steps.tolist() == per_step.index.tolist()
     assert profile.sequences.tolist() == per_step["size"].tolist()
     assert profile.matches.tolist() == per_step["sum"].tolist()
-    assert analysis.score_counts(cheap).tolist() == np.bincount(table["matches"],
+    assert score_counts(cheap).tolist() == np.bincount(table["matches"],
                                                                 minlength=CONT_LEN + 1).tolist()
 
 
 @pytest.mark.parametrize("size", PUBLISHED_DUPED)
 def test_published_counts_give_published_shares(size: str) -> None:
     memorized, share = PUBLISHED_DUPED[size]
-    assert f"{analysis.memorized_share(memorized, FINAL_SEQUENCES):.3%}" == share
+    assert f"{passes.memorized_share(memorized, FINAL_SEQUENCES):.3%}" == share
 
 
 def test_a_run_with_k_memorized_of_n_reports_k_over_n(tmp_path: Path) -> None:
@@ -226,14 +230,14 @@ def test_a_run_with_k_memorized_of_n_reports_k_over_n(tmp_path: Path) -> None:
 
 def test_power_law_fit_recovers_exponent() -> None:
     compute = np.geomspace(1e18, 1e23, 9)
-    exact = analysis.fit_power_law(compute, 3e-6 * compute ** 0.21)
+    exact = fit_power_law(compute, 3e-6 * compute ** 0.21)
     assert exact.exponent == pytest.approx(0.21, rel=1e-9)
     assert exact.coefficient == pytest.approx(3e-6, rel=1e-6)
     assert exact.r2 == pytest.approx(1.0)
     noise = np.exp(np.random.default_rng(0).normal(0, 0.05, compute.size))
-    noisy = analysis.fit_power_law(compute, 3e-6 * compute ** 0.21 * noise)
+    noisy = fit_power_law(compute, 3e-6 * compute ** 0.21 * noise)
     assert noisy.exponent == pytest.approx(0.21, abs=0.02)
-    assert analysis.fit_power_law(np.array([1e20, 1e20]), np.array([0.1, 0.2])) is None
+    assert fit_power_law(np.array([1e20, 1e20]), np.array([0.1, 0.2])) is None
 
 
 def test_equi_compute_compares_fits_of_the_same_target() -> None:
@@ -243,9 +247,9 @@ def test_equi_compute_compares_fits_of_the_same_target() -> None:
         family=["A"] * 3 + ["B"] * 3, target="big-final",
         cheap_compute=np.concatenate([compute_a, compute_b]),
         recall=np.concatenate([1e-3 * compute_a ** 0.1, 1e-8 * compute_b ** 0.35])))
-    fits = analysis.compute_fits(predictability)
+    fits = compute_fits(predictability)
     assert fits[("B", "big-final")].law.exponent == pytest.approx(0.35)
-    table = analysis.equi_compute_table(predictability, fits).set_index("compute")
+    table = equi_compute_table(predictability, fits).set_index("compute")
     assert table.loc[3e19, "better"] == "A" and table.loc[3e20, "better"] == "B"
     assert table.loc[3e19, "recall_B"] == pytest.approx(1e-8 * 3e19 ** 0.35)
     assert table["within"].tolist() == [False, True, True, True, True, False]

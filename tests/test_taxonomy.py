@@ -23,7 +23,7 @@ from tests.test_report import CONT_LEN, write_run
 from vmem.cli import main
 from vmem.demo.corpus import save_tokenizer, train_tokenizer
 from vmem.io import mmidx
-from vmem.study import analysis
+from vmem.study.compute import fit_power_law
 from vmem.study.document import visible
 from vmem.study.templates import is_incrementing, is_repeating, is_templated
 
@@ -296,10 +296,10 @@ def test_sections_are_numbered_consecutively(corpus: dict, tmp_path: Path) -> No
 
 
 def test_a_power_law_through_two_points_has_no_r2(tmp_path: Path) -> None:
-    law = analysis.fit_power_law(np.array([1e18, 1e20]), np.array([0.1, 0.4]))
+    law = fit_power_law(np.array([1e18, 1e20]), np.array([0.1, 0.4]))
     assert law.points == 2 and np.isnan(law.r2)
     assert np.isclose(law(1e20), 0.4)  # the fit itself is kept
-    three = analysis.fit_power_law(np.array([1e18, 1e19, 1e20]), np.array([0.1, 0.25, 0.4]))
+    three = fit_power_law(np.array([1e18, 1e19, 1e20]), np.array([0.1, 0.25, 0.4]))
     assert three.points == 3 and 0 < three.r2 < 1
     # In a report: two cheap runs of one family and target give a 2-point fit.
     runs = tmp_path / "runs"
@@ -350,3 +350,44 @@ def test_html_report_with_examples_opens_in_a_headless_browser(corpus: dict,
     for log in (shown.stderr, dom.stderr):
         console = [line for line in log.splitlines() if "CONSOLE" in line]
         assert console == [], console
+
+
+def test_templating_reads_the_text_semantic_memorization_decoded(tmp_path: Path) -> None:
+    """semantic-memorization decoded the 64 tokens at transformers 4's default
+    clean_up_tokenization_spaces=True; transformers 5 defaults to False and ignores True for BPE.
+    A text whose spaces before punctuation vary repeats only once cleaned up: templated as
+    semantic-memorization decided it, whichever transformers is installed."""
+    from transformers import AutoTokenizer
+
+    from vmem.data import open_dataset
+    from vmem.study.merged_runs import load_run
+    from vmem.study.taxonomy import Sequences, load_tokenizer
+
+    rng = np.random.default_rng(5)
+    text = "".join(f"we do{' ' * s}n't{' ' * c}, ab{' ' * d}. "
+                   for s, c, d in rng.integers(0, 2, size=(40, 3)))
+    trained = train_tokenizer([text] * 4, vocab=300)
+    save_tokenizer(trained, tmp_path / "tokenizer")
+    rows = np.array([trained.encode(text).ids[i:i + SEQ_LEN] for i in range(3)], dtype=np.uint16)
+    mmidx.write_merged(tmp_path / "data" / "corpus", rows)
+    run = load_run(str(write_run(tmp_path, "run", model=PYTHIA_1B, step=1, start=0, stop=3,
+                                 memorized=[0, 1, 2])))
+    tokenizer = load_tokenizer(str(tmp_path / "tokenizer"))
+    sequences = Sequences(tokenizer, open_dataset(str(tmp_path / "data" / "corpus")))
+
+    # transformers' own clean-up, forced where version 5 would skip it for a BPE tokenizer.
+    cleaning = AutoTokenizer.from_pretrained(
+        str(tmp_path / "tokenizer"),
+        clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=True)
+    windows = rows[:, :WINDOW].astype(np.int64)
+    expected = [cleaning.decode(ids.tolist(), clean_up_tokenization_spaces=True) for ids in windows]
+    raw = [cleaning.decode(ids.tolist(), clean_up_tokenization_spaces=False) for ids in windows]
+    assert all(" n't" in r and " ." in r and " n't" not in e and " ." not in e
+               for r, e in zip(raw, expected, strict=True))
+    assert sequences.templating_texts(windows) == expected
+    # Cleaning flips the decision: the raw text does not repeat, the cleaned one does.
+    assert not any(map(is_templated, raw)) and all(map(is_templated, expected))
+    assert sequences.templated(run, np.arange(3)).tolist() == [True, True, True]
+    # The report's examples show the text as the model saw it, spaces kept.
+    prompts, continuations = sequences.texts(run, np.arange(3))
+    assert [p + c for p, c in zip(prompts, continuations, strict=True)] == raw

@@ -132,6 +132,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_source(dump, dtype_alias=True)
     _add_range(dump, checkpoint=False)
     dump.add_argument("-o", "--output", required=True, help="FILE.npy")
+    imp = data_sub.add_parser("import", parents=[common],
+                              help="a corpus of your own (token rows, token id lists or text) → "
+                                   "a dataset in training order, with a manifest")
+    imp.add_argument("sources", nargs="+", metavar="SOURCE",
+                     help="local files in training order, all of one kind: .npy or .bin of "
+                          "token rows; .parquet or .jsonl of token id lists; .jsonl of text "
+                          "(with --tokenizer)")
+    imp.add_argument("-o", "--output", required=True,
+                     help="PREFIX: writes PREFIX.bin, PREFIX.idx, PREFIX.manifest.json (and "
+                          "PREFIX.lengths.npy with --packing document)")
+    imp.add_argument("--seq-len", type=int, default=None,
+                     help="tokens per row: of a headerless .bin source, or of the rows "
+                          "--packing cuts")
+    imp.add_argument("--data-dtype", default=None, help="token dtype of a raw .bin source")
+    imp.add_argument("--field", default=None,
+                     help="parquet column or jsonl key (default token_ids; in jsonl, text "
+                          "where a line has no token_ids)")
+    imp.add_argument("--tokenizer", default=None, metavar="TOK",
+                     help="hub id or folder: tokenizes text; token ids must lie in its "
+                          "vocabulary")
+    imp.add_argument("--packing", choices=["concat", "document"], default=None,
+                     help="how the training made rows of documents: concat (each followed by "
+                          "end-of-text, joined, cut into --seq-len rows, the rest dropped) or "
+                          "document (one a row, cut at --seq-len, padded; padding never scored)")
+    imp.add_argument("--eos-id", type=int, default=None,
+                     help="end-of-text id: joins documents with --packing concat (default the "
+                          "tokenizer's); with document, appended to each if given")
+    imp.add_argument("--pad-id", type=int, default=None,
+                     help="pad id for --packing document (default the tokenizer's)")
+    imp.add_argument("--sequences-per-step", type=int, default=None,
+                     help="sequences per training step, recorded in the manifest (give it to "
+                          "vmem evaluate as well)")
 
     ev = sub.add_parser("evaluate", parents=[common],
                         help="score sequences for memorization into score files")
@@ -211,7 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("import-released", parents=[common],
                         help="EleutherAI's list of a model's memorized sequences → a merged run")
-    im.add_argument("source", help="the list: parquet rows index,tokens (local or s3://)")
+    im.add_argument("source", nargs="+",
+                    help="the list: parquet rows index,tokens (local or s3://); a split stored "
+                         "as several files is given whole: its files, a glob, or a folder of "
+                         "them (the dataset's data/ folder with --split)")
+    im.add_argument("--split", default=None,
+                    help="the split to read from a folder holding several, e.g. deduped.1b.new")
     im.add_argument("--model", required=True, help="the model it lists, e.g. EleutherAI/pythia-12b")
     im.add_argument("--step", type=int, required=True,
                     help="its checkpoint (Pythia's final: 143000); the run covers "
@@ -311,6 +348,9 @@ def data_command(args: argparse.Namespace) -> None:
     from vmem import data as datasets
     from vmem.io.location import Output
 
+    if args.data_command == "import":
+        import_corpus_command(args)
+        return
     if args.data_command == "dump":
         Output(args.output, local_only="vmem data dump writes a local .npy").check()
         datasets.check_dump_output(args.output)
@@ -322,6 +362,22 @@ def data_command(args: argparse.Namespace) -> None:
                                          sequences_per_step=args.sequences_per_step)
     datasets.dump(found, start, stop, args.output)
     print(f"wrote rows [{start}, {stop}) of {found.location} to {args.output}")
+
+
+def import_corpus_command(args: argparse.Namespace) -> None:
+    from vmem.corpus import Import, import_corpus
+    from vmem.data import describe, open_dataset
+    from vmem.pythia import SEQUENCES_PER_STEP
+
+    made = import_corpus(Import(**_fields(Import, args)))
+    if made["dropped_tokens"]:
+        print(f"dropped the last {made['dropped_tokens']} tokens: too few for a row of "
+              f"{made['seq_len']}")
+    if made["truncated_documents"]:
+        print(f"cut {made['truncated_documents']} documents longer than {made['seq_len']} "
+              f"tokens to their first {made['seq_len']}")
+    print(describe(open_dataset(args.output), made["sequences_per_step"] or SEQUENCES_PER_STEP))
+    print(f"manifest   {args.output}.manifest.json")
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
@@ -397,7 +453,8 @@ def import_command(args: argparse.Namespace) -> None:
     check_request(args.step, args.sequences_per_step, args.output, s3_endpoint=args.s3_endpoint)
     data = None if args.data is None else _dataset(args, args.data)
     import_released(args.source, model=args.model, step=args.step, out=args.output, data=data,
-                    sequences_per_step=args.sequences_per_step, s3_endpoint=args.s3_endpoint)
+                    split_name=args.split, sequences_per_step=args.sequences_per_step,
+                    s3_endpoint=args.s3_endpoint)
 
 
 def duplicates_command(args: argparse.Namespace) -> None:

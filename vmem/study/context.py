@@ -35,4 +35,4 @@ class Study:
     index_bound: int | None = None  # comparisons only below this index (mem_graph.py's)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, str] = field(default_factory=dict)  # name → path inside the report
-    notes: dict[str, object] = field(default_factory=dict)  # facts for the text that are no table
+    notes: dict[str, object] = field(default_factory=dict)  # no table: for text, later analyses

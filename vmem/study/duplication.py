@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -191,35 +190,3 @@ def _buckets(values: np.ndarray, memorized: np.ndarray, base: int):
 
 def _label(low: int, high: int) -> str:
     return str(low) if low == high else f"{low}-{high}"
-
-
-def duplication_figure(table: pd.DataFrame, path: Path) -> None:
-    _share_by_bucket(table, path, "occurrences_min", "occurrences",
-                     "occurrences of the sequence in the training data (duplicates table)",
-                     "Memorized share by duplication")
-
-
-def rarity_figure(table: pd.DataFrame, path: Path) -> None:
-    _share_by_bucket(table, path, "frequency_min", "rarest_token_frequency",
-                     "corpus frequency of the continuation's rarest token (freq_min)",
-                     "Memorized share by token rarity", rotation=30)
-
-
-def _share_by_bucket(table: pd.DataFrame, path: Path, low: str, label: str, xlabel: str,
-                     title: str, rotation: int = 0) -> None:
-    """One line per run: the memorized share of each bucket, buckets in order of `low`."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.subplots()
-    buckets = table.drop_duplicates(low).sort_values(low)
-    position = {value: i for i, value in enumerate(buckets[low])}
-    for run, rows in table.groupby("run", sort=False):
-        ax.plot(rows[low].map(position), rows["share"] * 100, marker="o", label=run)
-    ax.set_xticks(range(len(buckets)), buckets[label], rotation=rotation,
-                  fontsize=8 if rotation else None)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("memorized, % of the bucket's sequences")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})

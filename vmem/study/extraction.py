@@ -15,14 +15,55 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vmem.study.analysis import CHUNK, memorized_count, memorized_share
+from vmem.study.context import Study
+from vmem.study.display import percent, show
+from vmem.study.document import Document
 from vmem.study.merged_runs import Run
+from vmem.study.passes import chunks, memorized_count, memorized_share
 
 SAMPLES = (1, 10, 100, 1000)
 PROBABILITIES = (0.1, 0.5, 0.9)
 SIMILARITIES = (0.9, 0.75)
 NP_COLUMNS = ["run", "model", "step", "n", "p", "evaluated", "extractable", "share",
               "greedy_share"]
+
+
+def tables(study: Study) -> dict[str, pd.DataFrame]:
+    found = {"extraction_np": np_table(study.runs),
+             "approximate": approximate_table(study.runs)}
+    return {name: table for name, table in found.items() if len(table)}
+
+
+def figures(study: Study, folder: Path) -> dict[str, str]:
+    if "extraction_np" not in study.tables:
+        return {}
+    np_figure(study.tables["extraction_np"], folder / "extraction_np.png")
+    return {"extraction_np": "extraction_np.png"}
+
+
+def section(doc: Document, study: Study) -> None:
+    if "extraction_np" in study.tables:
+        doc.section("Probabilistic extraction")
+        doc.paragraph("Runs with the continuation's log-probability: p_z = exp(cont_logprob) is "
+                      "the chance that one sampled continuation is the true one; a sequence is "
+                      "(n, p)-extractable when n samples find it with probability "
+                      "1 − (1 − p_z)^n ≥ p (Hayes et al. 2024). Beside it, the greedy memorized "
+                      "share.")
+        wide = study.tables["extraction_np"].pivot_table(
+            index=["run", "p", "greedy_share"], columns="n", values="share", sort=False)
+        wide.columns = [f"n={n}" for n in wide.columns]
+        shown = wide.reset_index()
+        doc.table(show(shown).assign(**{c: [percent(v) for v in shown[c]]
+                                        for c in wide.columns}))
+        doc.figure(study.figures["extraction_np"],
+                   "(n, p)-extractable share against the number of samples.")
+    if "approximate" in study.tables:
+        doc.section("Approximate memorization")
+        doc.paragraph("Generation runs: the edit similarity of the greedy continuation to the "
+                      "truth, 1 − token-level Levenshtein distance / continuation length "
+                      "(Ippolito et al. 2022), and the share of sequences above 0.9 and 0.75, "
+                      "beside exact memorization (similarity 1).")
+        doc.table(show(study.tables["approximate"]))
 
 
 def log_miss(cont_logprob: np.ndarray) -> np.ndarray:
@@ -45,8 +86,8 @@ def np_table(runs: list[Run]) -> pd.DataFrame:
         if run.cont_logprob is None:
             continue
         counts = dict.fromkeys([(n, p) for n in SAMPLES for p in PROBABILITIES], 0)
-        for a in range(0, run.evaluated, CHUNK):
-            miss = log_miss(run.cont_logprob[a:a + CHUNK])
+        for a, b in chunks(0, run.evaluated):
+            miss = log_miss(run.cont_logprob[a:b])
             for n, p in counts:
                 counts[n, p] += int(np_extractable(miss, n, p).sum())
         greedy = memorized_share(memorized_count(run), run.evaluated)

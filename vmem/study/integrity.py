@@ -9,12 +9,32 @@ names them, from the weights' SHA-256 that `vmem evaluate` records in each manif
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pandas as pd
 
+from vmem.study.context import Study
+from vmem.study.display import show
+from vmem.study.document import Document
 from vmem.study.merged_runs import Run
 
 COLUMNS = ["run", "model", "step", "weights_sha256", "identical_to"]
+
+
+def tables(study: Study) -> dict[str, pd.DataFrame]:
+    return {"weights": weights_table(study.runs)}
+
+
+def figures(study: Study, folder: Path) -> dict[str, str]:
+    return {}
+
+
+def section(doc: Document, study: Study) -> None:
+    doc.section("Checkpoint integrity")
+    doc.paragraph(summary(study.runs, identical_pairs(study.runs)) + " The SHA-256 shows its "
+                  "first 12 hex digits; all 64 are in `tables/weights.csv`.")
+    weights = study.tables["weights"]
+    doc.table(show(weights.assign(weights_sha256=weights["weights_sha256"].str[:12])))
 
 
 def identical_pairs(runs: list[Run]) -> list[tuple[Run, Run]]:

@@ -34,8 +34,6 @@ EXAMPLES = 3  # per run and category
 DECODE_ROWS = 65_536  # sequences read and decoded at a time
 COLUMNS = ["run", "category", "sequences", "share"]
 EXAMPLE_COLUMNS = ["run", "category", "index", "count", "prompt", "continuation"]
-COLORS = {RECITATION: "tab:red", RECONSTRUCTION: "tab:green", RECOLLECTION: "tab:blue",
-          NOT_RECITATION: "tab:purple", UNLISTED: "tab:gray"}
 
 
 def load_tokenizer(name: str):
@@ -92,9 +90,21 @@ class Sequences:
         return rows[:, begin - run.prompt_len:begin], rows[:, begin:]
 
     def texts(self, run: Run, indices: np.ndarray) -> tuple[list[str], list[str]]:
+        """Prompts and continuations as the model saw them, for the report's examples: decoded
+        without clean-up (which deletes real spaces before punctuation), whatever the installed
+        transformers' default. The templating test reads `templating_texts` instead."""
         prompts, continuations = self.windows(run, indices)
-        return (self.tokenizer.batch_decode(prompts.tolist()),
-                self.tokenizer.batch_decode(continuations.tolist()))
+        return (self.tokenizer.batch_decode(prompts.tolist(), clean_up_tokenization_spaces=False),
+                self.tokenizer.batch_decode(continuations.tolist(),
+                                            clean_up_tokenization_spaces=False))
+
+    def templating_texts(self, rows: np.ndarray) -> list[str]:
+        """The text semantic-memorization's templating test read: `tokenizer.decode(tokens)` at
+        the transformers 4 default, clean_up_tokenization_spaces=True (" ." → "." and the like).
+        transformers 5 defaults to False and ignores True for BPE tokenizers such as Pythia's, so
+        the clean-up is applied here, by the tokenizer's own `clean_up_tokenization`."""
+        decoded = self.tokenizer.batch_decode(rows.tolist(), clean_up_tokenization_spaces=False)
+        return [self.tokenizer.clean_up_tokenization(text) for text in decoded]
 
     def templated(self, run: Run, indices: np.ndarray) -> np.ndarray:
         """Whether the text of prompt and continuation together is templated, per index (the
@@ -106,7 +116,7 @@ class Sequences:
         for start in range(0, todo.size, DECODE_ROWS):  # bounded memory
             part = todo[start:start + DECODE_ROWS]
             prompts, continuations = self.windows(run, part)
-            texts = self.tokenizer.batch_decode(np.hstack([prompts, continuations]).tolist())
+            texts = self.templating_texts(np.hstack([prompts, continuations]))
             known.update(zip(part.tolist(), map(is_templated, texts), strict=True))
         return np.array([known[i] for i in indices.tolist()], dtype=bool)
 
@@ -229,45 +239,3 @@ def examples_table(classified: list[Classified], sequences: Sequences,
                                  count=int(c.count[at]) if category != UNLISTED else None,
                                  prompt=prompt, continuation=continuation))
     return pd.DataFrame(rows, columns=EXAMPLE_COLUMNS).astype({"count": "Int64"})
-
-
-def taxonomy_figure(table: pd.DataFrame, runs: list[Run], path: Path) -> None:
-    """As the paper's: memorized sequences per category, stacked, against model size (each
-    model's latest checkpoint) and against checkpoint (the model with the most checkpoints)."""
-    from matplotlib.figure import Figure
-
-    by_name = {run.name: run for run in runs}
-    shown = [by_name[name] for name in dict.fromkeys(table["run"])]
-    latest = {}
-    for run in sorted(shown, key=lambda r: r.step or 0):
-        latest[run.label] = run  # the last one per model wins
-    sized = sorted(latest.values(), key=lambda r: (r.params or 0, r.label))
-    per_model = {}
-    for run in shown:
-        per_model.setdefault(run.label, []).append(run)
-    widest = max(per_model.values(), key=len)
-    timed = sorted(widest, key=lambda r: r.step or 0)
-    fig = Figure(figsize=(11, 4.5))
-    axes = fig.subplots(1, 2)
-    for ax, group, ticks, label in (
-        (axes[0], sized, [r.label for r in sized], "model (its latest checkpoint evaluated)"),
-        (axes[1], timed, [str(r.step) for r in timed], f"checkpoint step ({timed[0].label})"),
-    ):
-        bottom = np.zeros(len(group))
-        for category in dict.fromkeys(table["category"]):
-            counts = np.array([_sequences(table, r.name, category) for r in group], dtype=float)
-            ax.bar(range(len(group)), counts, bottom=bottom, color=COLORS[category],
-                   label=category)
-            bottom += counts
-        ax.set_xticks(range(len(group)), ticks, rotation=30, fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel("memorized sequences")
-        ax.legend(fontsize=8)
-    fig.suptitle("Memorized sequences by category: recitation, reconstruction, recollection")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-
-
-def _sequences(table: pd.DataFrame, run: str, category: str) -> int:
-    rows = table[(table["run"] == run) & (table["category"] == category)]
-    return int(rows["sequences"].sum())

@@ -1,0 +1,28 @@
+"""How the report's figures look: matplotlib without pyplot (no global state), shared colours
+and legends, PNGs without the software/version metadata so the same tables give the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+DPI = 110
+
+
+def colors(n: int) -> list:
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def legend(ax) -> None:
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7 if len(handles) <= 12 else 5, loc="best")
+
+
+def save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
