@@ -3,6 +3,7 @@ and the S3 server; damaged and foreign indexes, a killed run, a full disk, the r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from tests.cli import cli_error
@@ -19,7 +21,14 @@ from tests.test_failures import small_disk  # noqa: F401 (the tmpfs fixture)
 from tests.test_report import write_run
 from vmem.cli import main
 from vmem.data import open_dataset
-from vmem.duplicates import COLUMNS, Counting, count_duplicates, plan_index, token_counts
+from vmem.duplicates import (
+    COLUMNS,
+    METADATA_KEY,
+    Counting,
+    count_duplicates,
+    plan_index,
+    token_counts,
+)
 from vmem.io import mmidx
 from vmem.study.duplication import read_duplicates
 
@@ -368,6 +377,20 @@ def test_definitions_never_share_an_index_and_rows_refuses_what_it_cannot_count(
     err = cli_error(capsys, [*args, "--definition", "rows"])
     assert ("built for --definition stream; --definition rows needs an index of its own"
             in err)
+    # An index and a table written before there were two definitions counted the stream.
+    manifest = json.loads((index / "manifest.json").read_text())
+    del manifest["definition"]
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    table = pq.read_table(tmp_path / "stream.parquet")
+    settings = json.loads(table.schema.metadata[METADATA_KEY])
+    del settings["definition"]
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(settings)}),
+                   tmp_path / "stream.parquet")
+    assert read_duplicates(str(tmp_path / "stream.parquet")).definition == "stream"
+    assert main([*args[:-3], "-o", str(tmp_path / "stream.parquet"), "--no-progress"]) == 0
+    assert "already finished" in capsys.readouterr().err
+    assert "--definition rows needs an index of its own" in cli_error(
+        capsys, [*args, "--definition", "rows"])
     counted(data, tmp_path / "rows-index", tmp_path / "rows.parquet", "--start", "0", "--stop",
             "3", "--definition", "rows")
     err = cli_error(capsys, [*args[:4], str(tmp_path / "rows-index"), *args[5:]])
@@ -415,3 +438,8 @@ def test_the_report_names_the_definition(tmp_path, planted):
                  str(tmp_path / "bare.csv")]) == 0
     assert "The table does not say how it counted" in (tmp_path / "report2" /
                                                       "report.md").read_text()
+    # EleutherAI's published counts are semantic-memorization's.
+    pd.DataFrame({"sequence_id": [0], "counts": [1]}).to_csv(tmp_path / "eai.csv", index=False)
+    assert main(["report", str(runs), "-o", str(tmp_path / "report3"), "--duplicates",
+                 str(tmp_path / "eai.csv")]) == 0
+    assert "Counted by definition `rows`" in (tmp_path / "report3" / "report.md").read_text()

@@ -67,13 +67,13 @@ COLUMNS = ["index", "count", "freq_min", "freq_median", "freq_max"]
 METADATA_KEY = b"vmem.duplicates"  # the counting settings, in the table's schema metadata
 DEFAULT_CHUNK = 65536  # windows per durable chunk file
 READ_ROWS = 4096  # rows read at a time while copying tokens or counting token ids
+ROWS_COUNTED = FINAL_STEP * SEQUENCES_PER_STEP  # the rows semantic-memorization counted over
 DEFINITIONS = {
     "stream": "windows anywhere in the token stream, across row ends too",
-    "rows": "windows inside rows at offsets 0 … seq_len − cont_len − 1 (the row's last "
-            "window not), over rows [0, 146,432,000) or all rows of data that has fewer "
-            "(semantic-memorization's)",
+    "rows": f"windows inside rows at offsets 0 … seq_len − cont_len − 1 (the row's last "
+            f"window not), over rows [0, {ROWS_COUNTED:,}) or all rows of data that has fewer "
+            f"(semantic-memorization's)",
 }
-ROWS_COUNTED = FINAL_STEP * SEQUENCES_PER_STEP  # the rows semantic-memorization counted over
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,12 @@ class Counting:
 
 
 # --- the index -----------------------------------------------------------------------------------
+
+def with_definition(written: object) -> object:
+    """An index manifest or counting settings as read: those written before there were two
+    definitions counted the stream."""
+    return {"definition": "stream", **written} if isinstance(written, dict) else written
+
 
 def _part_name(number: int, suffix: str) -> str:
     return f"part-{number:05d}.{suffix}"
@@ -186,7 +192,7 @@ def check_index_folder(index: str, planned: dict) -> None:
             and isinstance(existing.get("parts"), list)):
         raise VmemError(f"{path}: not a duplicate index manifest; the index is damaged: "
                         f"remove {index} and build it again")
-    existing = {"definition": "stream", **existing}  # indexes built before there were two
+    existing = with_definition(existing)
     if existing["data"] != planned["data"]:
         raise VmemError(f"--index {index}: an index of {existing['data'].get('location')}, not "
                         f"of {planned['data']['location']} "
@@ -444,7 +450,7 @@ def _finished(output: str, settings: dict) -> bool:
         return False
     try:
         meta = pq.read_schema(output).metadata or {}
-        found = json.loads(meta[METADATA_KEY])
+        found = with_definition(json.loads(meta[METADATA_KEY]))
     except (OSError, pa.ArrowException, KeyError, ValueError):
         raise VmemError(f"-o {output}: exists and is no vmem duplicates table; choose another "
                         f"file or remove it") from None
@@ -498,7 +504,7 @@ def _check_work(work: str, settings: dict) -> bool:
     if not os.path.exists(path):
         return False
     try:
-        found = json.loads(open(path, "rb").read())
+        found = with_definition(json.loads(open(path, "rb").read()))
     except (OSError, ValueError):
         found = None
     if found != settings:

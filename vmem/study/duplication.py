@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from vmem.duplicates import DEFINITIONS, METADATA_KEY
+from vmem.duplicates import DEFINITIONS, METADATA_KEY, with_definition
 from vmem.errors import VmemError
 from vmem.io.location import split
 from vmem.study.merged_runs import Run
@@ -101,13 +101,12 @@ def read_duplicates(path: str, *, s3_endpoint: str | None = None) -> Duplicates:
 
 
 def _definition(path: str, metadata: dict | None) -> str | None:
-    """The definition a parquet table names in `vmem duplicates`' metadata (tables written
-    before there were two counted the stream)."""
+    """The definition a parquet table names in `vmem duplicates`' metadata."""
     if not metadata or METADATA_KEY not in metadata:
         return None
     try:
-        definition = json.loads(metadata[METADATA_KEY]).get("definition", "stream")
-    except (ValueError, AttributeError):
+        definition = with_definition(json.loads(metadata[METADATA_KEY]))["definition"]
+    except (ValueError, TypeError):
         definition = None
     if definition not in DEFINITIONS:
         raise VmemError(f"--duplicates {path}: its metadata names no counting definition vmem "
