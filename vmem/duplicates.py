@@ -9,7 +9,8 @@ Two definitions of a count (`DEFINITIONS`), its own occurrence included in both:
 - rows: semantic-memorization's: windows inside one row at offsets 0 … seq_len - cont_len - 1
   (its loop `range(2049 - 32)`: the row's last window is not counted), over rows
   [0, ROWS_COUNTED) (all rows of a dataset that has fewer). Its index is the stream's, built
-  over a copy of those rows whose last token is `SEPARATOR` (see `_mark_row_ends`).
+  over a copy of those rows whose last token is the token type's largest id (the manifest's
+  `separator`; see `_mark_row_ends`).
 
 The index is one suffix table per part of the stream:
 one part for a merged, raw or .npy dataset, one per shard of a sharded one. A part's tokens run on
