@@ -18,6 +18,7 @@ import pytest
 
 from tests.cli import cli_error
 from tests.models import SEQ_LEN, VOCAB, reference_cont_logprobs
+from tests.test_duplicates import brute_force
 from vmem.cli import main
 from vmem.data import iter_batches, manifest_entry, open_dataset
 
@@ -332,3 +333,15 @@ def test_both_orders_read_in_place_on_s3(polypythia, parquet_rows, s3_server, s3
                              Body=path.read_bytes())
     remote = open_dataset(f"s3://{s3_bucket}/parquet/{paths[1].name}", s3_endpoint=s3_server)
     assert np.array_equal(remote.read(3, 37), parquet_reference(paths)[3:37])
+
+
+def test_duplicates_count_the_order_as_its_rows(polypythia, tmp_path):
+    # The index of a mapped order is built from all its rows, in order: counts as a brute force
+    # over the samples GPT-NeoX reads.
+    _, documents, maps = polypythia
+    total = len(np.load(maps[SEED] + "_shuffle_idx.npy"))
+    samples = np.stack([neox_sample(documents, maps[SEED], i) for i in range(total)])
+    output = tmp_path / "counts.parquet"
+    assert main(["duplicates", "--data", maps[SEED], "--index", str(tmp_path / "index"),
+                 "--start", "0", "--stop", "40", "-o", str(output), "--no-progress"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(output), brute_force(samples).head(40))
