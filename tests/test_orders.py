@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -263,17 +264,24 @@ def test_a_gap_in_the_parquet_files_is_one_line(parquet_rows, tmp_path, capsys):
 
 # --- downstream: evaluate, spot, Slurm slicing, S3 ----------------------------------------------
 
-def test_evaluate_checkpoint_scores_what_that_step_trained_on(polypythia, tmp_path,
+def test_evaluate_checkpoint_scores_what_that_step_trained_on(polypythia, tmp_path, capsys,
                                                              tiny_model_dir):
     _, documents, maps = polypythia
     checkpoint = 3
     expected = np.stack([neox_sample(documents, maps[SEED], i)
                          for i in range(checkpoint * PER_STEP)])
     out = tmp_path / "run"
-    assert main(["evaluate", "--model", tiny_model_dir, "--engine", "hf", "--dtype", "float32",
-                 "--data", maps[SEED], "--checkpoint", str(checkpoint), "--revision", "main",
-                 "--sequences-per-step", str(PER_STEP), "--logprobs", "--out", str(out),
-                 "--no-progress"]) == 0
+    args = ["evaluate", "--model", tiny_model_dir, "--engine", "hf", "--dtype", "float32",
+            "--data", maps[SEED], "--checkpoint", str(checkpoint), "--revision", "main",
+            "--sequences-per-step", str(PER_STEP), "--logprobs", "--out", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    # Resumed from the seed's folder (another name of the same order): nothing left to score.
+    again = list(args)
+    again[args.index("--data") + 1] = str(Path(maps[SEED]).parent)
+    assert main(again) == 0
+    assert "already finished" in capsys.readouterr().err
     rows = pd.concat(map(pd.read_csv, sorted(out.glob("scores-*.csv")))).sort_values("index")
     assert rows["index"].tolist() == list(range(checkpoint * PER_STEP))
     np.testing.assert_allclose(rows["cont_logprob"],
