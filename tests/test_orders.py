@@ -143,6 +143,7 @@ def test_index_maps_give_every_sample_as_gpt_neox_reads_it(polypythia):
         assert np.array_equal(dataset.read(0, dataset.num_sequences), expected)
         # Any window: the batches read a span of the order, not from its start.
         assert np.array_equal(dataset.read(7, 19), expected[7:19])
+        assert dataset.read(5, 5).shape == (0, SEQ_LEN)
         batches = list(iter_batches(dataset, 3, 30, rows=5, prompt_len=32, cont_len=32))
         assert np.array_equal(np.concatenate([b.prompts for b in batches]), expected[3:30, :32])
     seeds = [open_dataset(p).read(0, 8) for p in maps.values()]
@@ -245,7 +246,7 @@ def test_parquet_rows_in_file_order(parquet_rows):
         assert (dataset.num_sequences, dataset.seq_len) == expected.shape
         assert dataset.dtype == np.uint16
         assert np.array_equal(dataset.read(0, len(expected)), expected)
-        for start, stop in ((5, 6), (7, 17), (0, 40), (39, 40)):
+        for start, stop in ((5, 6), (7, 17), (0, 40), (39, 40), (9, 9)):
             assert np.array_equal(dataset.read(start, stop), expected[start:stop])
     order = manifest_entry(open_dataset(folder))["order"]
     assert order["kind"] == "pythia-parquet" and order["steps_per_file"] == 2

@@ -75,7 +75,7 @@ class Dataset:
     dtype: np.dtype
     pieces: list[_Piece] = field(repr=False)  # the files of rows (none for a mapped order)
     # An order that is not rows back to back: how the manifest names it (kind, files, seed) and
-    # what reads its rows [start, stop).
+    # what reads its rows [start, stop) (never empty).
     order: dict | None = None
     read_order: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False)
 
@@ -93,7 +93,8 @@ class Dataset:
             raise VmemError(f"rows [{start}, {stop}) are outside {self.location}, which has "
                             f"{self.num_sequences} sequences")
         if self.read_order is not None:
-            return self.read_order(start, stop)
+            return (self.read_order(start, stop) if stop > start
+                    else np.empty((0, self.seq_len), dtype=self.dtype))
         data = _read_span(self.pieces, self._piece_starts, start * self._row_bytes,
                           stop * self._row_bytes)
         return data.view(self.dtype).reshape(stop - start, self.seq_len)
@@ -470,7 +471,7 @@ class _IndexMaps:
     def __call__(self, start: int, stop: int) -> np.ndarray:
         count = stop - start
         j = self.shuffle_idx.take(np.arange(start, stop)).astype(np.int64)
-        if count and not (0 <= j.min() and j.max() + 1 < self.sample_idx.shape[0]):
+        if not (0 <= j.min() and j.max() + 1 < self.sample_idx.shape[0]):
             raise VmemError(f"{self.where}_shuffle_idx.npy: names samples outside the "
                             f"{self.sample_idx.shape[0] - 1} of its sample_idx")
         ends = self.sample_idx.take(np.stack([j, j + 1], axis=1).reshape(-1))
@@ -487,7 +488,7 @@ class _IndexMaps:
         begin[segment_start] = first[:, 1]
         end[segment_start + per_sample - 1] = last[:, 1] + 1
         lengths = end - begin
-        if total and np.any(np.add.reduceat(lengths, segment_start) != self.seq_len):
+        if np.any(np.add.reduceat(lengths, segment_start) != self.seq_len):
             raise VmemError(f"{self.where}_sample_idx.npy: a sample of [{start}, {stop}) does "
                             f"not span {self.seq_len} tokens of its documents; the maps do not "
                             f"belong to this document dataset")
@@ -586,12 +587,11 @@ def _open_parquet(folder: Location, seq_len: int | None, dtype: str | np.dtype |
                         f"batch_idx, token_ids as Pythia's parquet files hold), found "
                         f"{', '.join(f'{f.name}: {f.type}' for f in schema)}")
     reader = _ParquetOrder(files, np.dtype(tokens.to_pandas_dtype()))
-    first = reader.rows(files[0], 0, 1)
     order = {"kind": "pythia-parquet", "steps_per_file": width,
              "file_sizes": {f.path: listing[name] for f, (_, name) in zip(files, numbered,
                                                                           strict=True)}}
     return Dataset("parquet", folder.url, [f.path for f in files], reader.num_sequences,
-                   first.shape[1], reader.dtype, [], order, reader)
+                   reader.seq_len, reader.dtype, [], order, reader)
 
 
 @dataclass(frozen=True)
@@ -610,6 +610,7 @@ class _ParquetOrder:
                          for g in range(f.file.metadata.num_row_groups)] for f in files]
         self._starts = list(accumulate((sum(g) for g in self._groups), initial=0))
         self.num_sequences = self._starts[-1]
+        self.seq_len = self.rows(files[0], 0, 1).shape[1]
 
     def rows(self, file: _ParquetFile, first: int, last: int) -> np.ndarray:
         """Rows [first, last) of one file."""
@@ -628,15 +629,15 @@ class _ParquetOrder:
         return tokens.reshape(len(lengths), -1)[skip:skip + last - first].astype(self.dtype)
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
-        parts = [self.rows(f, max(start, at) - at, min(stop, at + rows) - at)
-                 for f, at, rows in zip(self.files, self._starts[:-1],
-                                        np.diff(self._starts), strict=True)
-                 if at < stop and start < at + rows]
-        seq_len = parts[0].shape[1] if parts else 0
-        if any(p.shape[1] != seq_len for p in parts):
-            raise VmemError(f"rows [{start}, {stop}): the parquet files hold rows of different "
-                            f"lengths")
-        return np.concatenate(parts) if parts else np.empty((0, seq_len), self.dtype)
+        parts = []
+        for file, at, rows in zip(self.files, self._starts[:-1], np.diff(self._starts),
+                                  strict=True):
+            if at < stop and start < at + rows:
+                parts.append(self.rows(file, max(start, at) - at, min(stop, at + rows) - at))
+                if parts[-1].shape[1] != self.seq_len:
+                    raise VmemError(f"{file.path}: holds rows of {parts[-1].shape[1]} tokens, "
+                                    f"{self.files[0].path} rows of {self.seq_len}")
+        return np.concatenate(parts)
 
 
 # --- training steps ↔ sequence indices -----------------------------------------------------------
