@@ -99,7 +99,10 @@ def plan_index(dataset: Dataset, cont_len: int) -> dict:
         raise VmemError(f"{dataset.location}: tokens are {dtype}; the duplicate index "
                         f"(tokengrams) takes uint16 or uint32 tokens")
     itemsize = np.dtype(dtype).itemsize
-    sizes = [piece.size for piece in dataset.pieces]
+    # A mapped order (index maps, parquet) has no files of rows: one part, copied in row order.
+    pieces = dataset.pieces or [None]
+    sizes = ([piece.size for piece in dataset.pieces] if dataset.pieces
+             else [dataset.num_sequences * dataset.seq_len * itemsize])
     starts = np.cumsum([0, *sizes])
     if any(start % itemsize for start in starts):
         raise VmemError(f"{dataset.location}: a shard ends inside a {dtype} token "
@@ -107,12 +110,12 @@ def plan_index(dataset: Dataset, cont_len: int) -> dict:
     overlap = cont_len - 1 if len(sizes) > 1 else 0
     total = int(starts[-1]) // itemsize
     parts = []
-    for k, piece in enumerate(dataset.pieces):
+    for k, piece in enumerate(pieces):
         start = int(starts[k]) // itemsize
         stop = min(int(starts[k + 1]) // itemsize + overlap, total)
         # tokengrams maps a local file of tokens alone (no .npy header) in place; else a copy.
-        own = (stop == int(starts[k + 1]) // itemsize and not is_s3(piece.path)
-               and piece.offset == 0)
+        own = (piece is not None and stop == int(starts[k + 1]) // itemsize
+               and not is_s3(piece.path) and piece.offset == 0)
         parts.append({"start": start, "stop": stop, "own_stop": int(starts[k + 1]) // itemsize,
                       "tokens": os.path.abspath(piece.path) if own else _part_name(k, "tokens")})
     data = dict(manifest_entry(dataset), file_sizes=sizes)
