@@ -4,6 +4,8 @@ earlier and a later checkpoint, on planted merged runs against scipy and numpy."
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from scipy import stats
 
 from tests.test_report import CONT_LEN, run_report, write_run
+from tests.test_taxonomy import chromium
 from vmem.study import cross_correlation
 from vmem.study.merged_runs import load_run
 
@@ -196,3 +199,39 @@ def test_cross_correlation_table_peaks_at_the_shift(tmp_path: Path, monkeypatch)
     # One model at each checkpoint: no pair of models, so no model table or figure.
     assert not (report / "tables" / "score_correlation.csv").exists()
     assert not (report / "figures" / "score_correlation.png").exists()
+
+
+SEED_FIGURES = ("index_trend", "bucket_means", "score_correlation", "checkpoint_correlation",
+                "cross_correlation", "uniformity")
+
+
+def test_the_seeds_figures_render_in_a_headless_browser(tmp_path: Path) -> None:
+    """Every figure of a report with all the seed's analyses decodes in a real browser: a script
+    appended to a copy of report.html records each image's decoded size."""
+    browser = chromium()
+    rng = np.random.default_rng(11)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for size, step in (("70m", 71_500), ("70m", 143_000), ("160m", 143_000)):
+        write_run(runs, f"pythia-{size}-step{step}", model=f"EleutherAI/pythia-{size}",
+                  step=step, start=0, stop=4096, memorized=[],
+                  matches=scores(rng, 4096))
+    run_report(runs, tmp_path / "report")
+    shown = sorted(p.stem for p in (tmp_path / "report" / "figures").iterdir())
+    assert set(SEED_FIGURES) <= set(shown)
+    page = tmp_path / "probe.html"
+    probe = ("<script>window.addEventListener('load', () => document.body.setAttribute("
+             "'data-decoded', [...document.images].map(i => i.naturalWidth + 'x' + "
+             "i.naturalHeight).join(' ')));</script></body>")
+    page.write_text((tmp_path / "report" / "report.html").read_text()
+                    .replace("</body>", probe), encoding="utf-8")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--no-first-run", "--disable-background-networking",
+                          f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    decoded = re.search(r'data-decoded="([^"]*)"', dom).group(1).split()
+    assert len(decoded) == len(shown)  # one image per figure file, every one embedded
+    for size in decoded:
+        width, height = map(int, size.split("x"))
+        assert width > 100 and height > 100, decoded

@@ -1,9 +1,13 @@
-"""Token datasets (merged, sharded, raw, .npy; local or S3), step ↔ index arithmetic, batches.
+"""Token datasets and their training orders (local or S3), step ↔ index arithmetic, batches.
 
-Every layout is a byte stream of N fixed-length rows split over one or more files ("pieces"):
-a merged `.bin`, Pythia's published shards (a row may straddle two of them), a headerless raw
-`.bin` or the data of a `.npy` (after its header). Local files are memory-mapped and S3 objects
-are read with byte-range GETs, so a read touches only the rows it asks for.
+A training order maps a sequence index to its tokens; row i is the i-th sequence trained on.
+The simplest order is a byte stream of N fixed-length rows split over one or more files
+("pieces"): a merged `.bin`, Pythia's published shards (a row may straddle two of them), a
+headerless raw `.bin` or the data of a `.npy` (after its header). Two orders are read through
+their own maps instead: GPT-NeoX's index maps over a document-level `.bin/.idx` (`_IndexMaps`)
+and Pythia's data as `train-NNNNNN.parquet` files (`_ParquetOrder`). Local files are
+memory-mapped and S3 objects are read with byte-range GETs, so a read touches only what it asks
+for.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +27,7 @@ import numpy as np
 from vmem.errors import VmemError
 from vmem.io import mmidx
 from vmem.io.atomic import atomic_path
-from vmem.io.location import Location, ReadBytes, split
+from vmem.io.location import Location, ReadBytes, is_s3, split
 from vmem.pythia import SEQUENCES_PER_STEP
 
 RAW_SEQ_LEN = 2049  # Pythia's rows: 2048 inputs + 1 shifted target
@@ -31,6 +36,11 @@ DUMP_ROWS = 4096  # rows copied at a time by `vmem data dump`
 NPY_HEAD_BYTES = 16384  # a .npy's header is read in one request: numpy's limit is 10000 bytes
 
 _SHARD = re.compile(r"^(?P<name>.+)-(?P<number>\d{5})-of-(?P<last>\d{5})\.bin$")
+# GPT-NeoX's index maps: DOCS_{split}_indexmap_{samples}ns_{seq_length}sl_{seed}s[_…]_doc_idx.npy
+_MAPS = re.compile(r"^(?P<maps>(?P<base>.+)_indexmap_(?P<samples>\d+)ns_(?P<seq_length>\d+)sl_"
+                   r"(?P<seed>\d+)s(?:_[^/]*?)?)_(?:doc|sample|shuffle)_idx\.npy$")
+MAP_FILES = ("doc", "sample", "shuffle")
+_PARQUET = re.compile(r"^train-(?P<step>\d{6})\.parquet$")  # train-{N} holds steps before N
 
 
 # --- the dataset ---------------------------------------------------------------------------------
@@ -43,15 +53,31 @@ class _Piece:
     offset: int = 0  # where its rows start in the file (a .npy's header comes first)
 
 
+def _read_span(pieces: list[_Piece], starts: list[int], first: int, last: int) -> np.ndarray:
+    """Bytes [first, last) of the stream the pieces make end to end (`starts`: where each
+    begins); a read-only view into a memory map when they lie in one local file."""
+    parts = [piece.read(piece.offset + max(first, at) - at,
+                        piece.offset + min(last, at + piece.size) - at)
+             for piece, at in zip(pieces, starts, strict=False)
+             if at < last and first < at + piece.size]
+    if not parts:
+        return np.empty(0, dtype=np.uint8)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 @dataclass(eq=False)
 class Dataset:
-    layout: str  # "merged" | "sharded" | "raw" | "npy"
+    layout: str  # "merged" | "sharded" | "raw" | "npy" | "index-maps" | "parquet"
     location: str
     files: list[str]
     num_sequences: int
     seq_len: int
     dtype: np.dtype
-    pieces: list[_Piece] = field(repr=False)
+    pieces: list[_Piece] = field(repr=False)  # the files of rows (none for a mapped order)
+    # An order that is not rows back to back: how the manifest names it (kind, files, seed) and
+    # what reads its rows [start, stop) (never empty).
+    order: dict | None = None
+    read_order: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self._row_bytes = self.seq_len * self.dtype.itemsize
@@ -66,14 +92,11 @@ class Dataset:
         if not 0 <= start <= stop <= self.num_sequences:
             raise VmemError(f"rows [{start}, {stop}) are outside {self.location}, which has "
                             f"{self.num_sequences} sequences")
-        first, last = start * self._row_bytes, stop * self._row_bytes
-        parts = [piece.read(piece.offset + max(first, at) - at,
-                            piece.offset + min(last, at + piece.size) - at)
-                 for piece, at in zip(self.pieces, self._piece_starts, strict=False)
-                 if at < last and first < at + piece.size]
-        if not parts:
-            return np.empty((0, self.seq_len), dtype=self.dtype)
-        data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if self.read_order is not None:
+            return (self.read_order(start, stop) if stop > start
+                    else np.empty((0, self.seq_len), dtype=self.dtype))
+        data = _read_span(self.pieces, self._piece_starts, start * self._row_bytes,
+                          stop * self._row_bytes)
         return data.view(self.dtype).reshape(stop - start, self.seq_len)
 
 
@@ -85,13 +108,19 @@ def open_dataset(path: str | os.PathLike, *, seq_len: int | None = None,
     folder holding it. Every name of a prefix opens the same dataset: merged where `P.bin` lies
     beside `P.idx`, else its shards, read in place."""
     folder, name = split(path, s3_endpoint=s3_endpoint)
+    if maps := _MAPS.match(name):
+        return _open_index_maps(folder, maps["maps"], seq_len, dtype)
+    if _PARQUET.match(name):
+        return _open_parquet(folder, seq_len, dtype)
     if name.endswith(".npy"):
         return _open_npy(folder, name, seq_len, dtype)
+    listing = folder.files() if name else {}
+    if name + "_doc_idx.npy" in listing:  # the prefix of GPT-NeoX's index maps
+        return _open_index_maps(folder, name, seq_len, dtype)
     if seq_len is not None or dtype is not None:
         return _open_raw(folder, name, RAW_SEQ_LEN if seq_len is None else seq_len,
                          RAW_DTYPE if dtype is None else dtype)
     if name:
-        listing = folder.files()
         if shard := _SHARD.match(name):
             return _open_prefix(folder, shard["name"], listing, int(shard["last"]))
         if name.endswith((".bin", ".idx")):
@@ -99,7 +128,15 @@ def open_dataset(path: str | os.PathLike, *, seq_len: int | None = None,
         if name + ".idx" in listing or name + ".bin" in listing or _shard_sets(listing, name):
             return _open_prefix(folder, name, listing)
         folder = folder.child(name)
-    inside = folder.files()  # a folder: one shard set, or one merged pair
+    inside = folder.files()  # a folder: one shard set, one merged pair, maps or parquet files
+    maps = sorted({m["maps"] for m in map(_MAPS.match, inside) if m})
+    if len(maps) > 1:
+        raise VmemError(f"{folder.url}: holds several sets of index maps ({', '.join(maps)}); "
+                        f"name one of their files")
+    if maps:
+        return _open_index_maps(folder, maps[0], seq_len, dtype)
+    if any(map(_PARQUET.match, inside)):
+        return _open_parquet(folder, seq_len, dtype)
     sets = _shard_sets(inside)
     if len(sets) > 1:
         raise _several_sets(folder, sets)
@@ -110,8 +147,9 @@ def open_dataset(path: str | os.PathLike, *, seq_len: int | None = None,
         return _open_prefix(folder, indexes[0][:-4], inside)
     raise VmemError(f"{folder.url}: no dataset found (expected PREFIX.idx beside PREFIX.bin or "
                     f"beside its shards PREFIX-NNNNN-of-LLLLL.bin, e.g. Pythia's document.idx + "
-                    f"document-00000-of-00020.bin ...; a FILE.npy of rows; or a headerless .bin "
-                    f"with --seq-len)")
+                    f"document-00000-of-00020.bin ...; a FILE.npy of rows; a headerless .bin "
+                    f"with --seq-len; GPT-NeoX index maps MAPS_doc_idx.npy ...; or Pythia's "
+                    f"train-NNNNNN.parquet files)")
 
 
 def _shard_sets(listing: dict[str, int], name: str | None = None) -> list[tuple[str, int]]:
@@ -177,31 +215,39 @@ def _open_sharded(folder: Location, name: str, last: int, listing: dict[str, int
     if name + ".idx" not in listing:
         raise VmemError(f"{idx_path}: not found (the shards {mmidx.shard_name(name, 0, last)} "
                         f"... need it beside them)")
+    index = _read_index(folder, name + ".idx", listing[name + ".idx"])
+    pieces = _shard_pieces(folder, name, last, listing, index.data_bytes)
+    return Dataset("sharded", folder.url, [idx_path, *(p.path for p in pieces)],
+                   index.num_sequences, index.seq_len, index.dtype, pieces)
+
+
+def _shard_pieces(folder: Location, name: str, last: int, listing: dict[str, int],
+                  data_bytes: int) -> list[_Piece]:
+    """The shards `name`-0000K-of-`last`.bin, checked to hold the `data_bytes` that the
+    `name`.idx beside them describes."""
+    idx_path = folder.join(name + ".idx")
     shards = [mmidx.shard_name(name, k, last) for k in range(last + 1)]
     missing = [s for s in shards if s not in listing]
     if missing:
         raise VmemError(f"{folder.join(missing[0])}: missing from the shard set "
                         f"({len(missing)} of {last + 1} shards missing)")
-    index = _read_index(folder, name + ".idx", listing[name + ".idx"])
     shard_bytes = listing[shards[0]]  # every shard but the last has shard 0's size
     for shard in shards[1:-1]:
         if listing[shard] != shard_bytes:
             raise VmemError(f"{folder.join(shard)}: {listing[shard]} bytes, but "
                             f"{shards[0]} has {shard_bytes}; every shard but the last must "
                             f"have the same size")
-    last_bytes = index.data_bytes - last * shard_bytes
+    last_bytes = data_bytes - last * shard_bytes
     if not 0 < last_bytes <= shard_bytes:
-        raise VmemError(f"{idx_path}: describes {index.data_bytes} bytes of sequences, which "
+        raise VmemError(f"{idx_path}: describes {data_bytes} bytes of sequences, which "
                         f"{last + 1} shards of {shard_bytes} bytes (the size of {shards[0]}) "
                         f"cannot hold exactly")
     if listing[shards[-1]] != last_bytes:
         hint = " (truncated download?)" if listing[shards[-1]] < last_bytes else ""
         raise VmemError(f"{folder.join(shards[-1])}: {listing[shards[-1]]} bytes, "
-                        f"expected {last_bytes} to complete the {index.data_bytes} bytes "
+                        f"expected {last_bytes} to complete the {data_bytes} bytes "
                         f"{idx_path} describes{hint}")
-    return Dataset("sharded", folder.url, [idx_path, *map(folder.join, shards)],
-                   index.num_sequences, index.seq_len, index.dtype,
-                   [_Piece(folder.join(s), listing[s], folder.reader(s)) for s in shards])
+    return [_Piece(folder.join(s), listing[s], folder.reader(s)) for s in shards]
 
 
 def _token_dtype(dtype: str | np.dtype) -> np.dtype:
@@ -286,6 +332,312 @@ def _open_npy(folder: Location, name: str, seq_len: int | None,
                         f"bytes after a {offset}-byte header{hint}")
     return Dataset("npy", path, [path], num_sequences, row_len, found,
                    [_Piece(path, data_bytes, read, offset)])
+
+
+# --- orders read through maps: GPT-NeoX index maps, Pythia's parquet files -----------------------
+
+def _no_row_flags(seq_len: int | None, dtype: str | np.dtype | None, what: str) -> None:
+    if seq_len is not None or dtype is not None:
+        raise VmemError(f"--seq-len / --data-dtype: {what} says its own sequence length and "
+                        f"dtype; leave them out")
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """An integer array stored in a file from byte `at` (rows of `shape[1:]`), read by index:
+    locally one memory map, on S3 one ranged GET per run of consecutive indices."""
+    read: ReadBytes
+    at: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    remote: bool
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        if not self.remote:
+            whole = self.read(self.at, self.at + self.shape[0] * row)
+            return whole.view(self.dtype).reshape(self.shape)[ids]
+        unique, inverse = np.unique(ids, return_inverse=True)
+        runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)
+        data = np.concatenate([self.read(self.at + int(run[0]) * row,
+                                         self.at + (int(run[-1]) + 1) * row) for run in runs])
+        return data.view(self.dtype).reshape(-1, *self.shape[1:])[inverse.reshape(-1)]
+
+
+def _npy_entries(folder: Location, name: str, size: int, ndim: int) -> _Entries:
+    """The integer array of the .npy `name` (of `ndim` dimensions), read in place."""
+    path = folder.join(name)
+    read = folder.reader(name)
+    shape, fortran_order, found, offset = _npy_header(read, size, path)
+    if len(shape) != ndim or found.kind not in "iu" or (fortran_order and ndim > 1):
+        raise VmemError(f"{path}: holds a {'Fortran-order ' if fortran_order else ''}{found} "
+                        f"array of shape {shape}; expected a {ndim}-D integer array as GPT-NeoX "
+                        f"writes it")
+    if offset + int(np.prod(shape, dtype=np.int64)) * found.itemsize != size:
+        raise VmemError(f"{path}: {size} bytes do not match its header's {found} array of shape "
+                        f"{shape} (truncated download?)")
+    return _Entries(read, offset, found, tuple(shape), folder.remote)
+
+
+def _find_documents(folder: Location, base: str) -> tuple[Location, str, dict[str, int]]:
+    """The document dataset GPT-NeoX's maps `base`_indexmap_… were built over: `DOCS.idx`, DOCS
+    being `base` less a split name (`_train_0`), in the maps' folder or the one above it (where
+    PolyPythias keep it, above `seed0/` … `seed9/`)."""
+    parts = base.split("_")
+    candidates = ["_".join(parts[:k]) for k in range(len(parts), 0, -1)]
+    above = split(folder.url, s3_endpoint=folder.s3_endpoint)[0]
+    for place in (folder, above):
+        listing = place.files()
+        for docs in candidates:
+            if docs + ".idx" in listing:
+                return place, docs, listing
+    raise VmemError(f"{folder.join(base)}_indexmap_…: no document dataset found for these index "
+                    f"maps (expected DOCS.idx, with DOCS.bin or its shards beside it, where "
+                    f"{base} starts with DOCS, in {folder.url} or {above.url})")
+
+
+def _open_index_maps(folder: Location, maps: str, seq_len: int | None,
+                     dtype: str | np.dtype | None) -> Dataset:
+    """GPT-NeoX's order: `maps`_{doc,sample,shuffle}_idx.npy over its document dataset."""
+    names = {kind: f"{maps}_{kind}_idx.npy" for kind in MAP_FILES}
+    _no_row_flags(seq_len, dtype, folder.join(names["doc"]))
+    listing = folder.files()
+    for name in names.values():
+        if name not in listing:
+            raise VmemError(f"{folder.join(name)}: not found (GPT-NeoX index maps are three "
+                            f"files, MAPS_doc_idx.npy, MAPS_sample_idx.npy and "
+                            f"MAPS_shuffle_idx.npy)")
+    found = _MAPS.match(names["doc"])
+    doc_idx = _npy_entries(folder, names["doc"], listing[names["doc"]], 1)
+    sample_idx = _npy_entries(folder, names["sample"], listing[names["sample"]], 2)
+    shuffle_idx = _npy_entries(folder, names["shuffle"], listing[names["shuffle"]], 1)
+    if sample_idx.shape[1] != 2 or sample_idx.shape[0] < 2:
+        raise VmemError(f"{folder.join(names['sample'])}: holds an array of shape "
+                        f"{sample_idx.shape}; expected (samples + 1, 2)")
+    docs_folder, docs, docs_listing = _find_documents(folder, found["base"])
+    idx_name = docs + ".idx"
+    read = docs_folder.reader(idx_name)
+    n, _, token_dtype = mmidx.read_header(read, docs_listing[idx_name], docs_folder.join(idx_name))
+    sizes = _Entries(read, mmidx.HEADER.size, np.dtype("<i4"), (n,), docs_folder.remote)
+    pointers = _Entries(read, mmidx.HEADER.size + 4 * n, np.dtype("<i8"), (n,),
+                        docs_folder.remote)
+    data_bytes = int(pointers.take([n - 1])[0] + sizes.take([n - 1])[0] * token_dtype.itemsize)
+    if docs + ".bin" in docs_listing:
+        bin_path = docs_folder.join(docs + ".bin")
+        if docs_listing[docs + ".bin"] != data_bytes:
+            raise VmemError(f"{bin_path}: {docs_listing[docs + '.bin']} bytes, but "
+                            f"{docs_folder.join(idx_name)} describes {data_bytes}")
+        pieces = [_Piece(bin_path, data_bytes, docs_folder.reader(docs + ".bin"))]
+    elif sets := _shard_sets(docs_listing, docs):
+        if len(sets) > 1:
+            raise _several_sets(docs_folder, sets)
+        pieces = _shard_pieces(docs_folder, docs, sets[0][1], docs_listing, data_bytes)
+    else:
+        raise VmemError(f"{docs_folder.join(docs + '.bin')}: not found, nor shards "
+                        f"{docs}-NNNNN-of-LLLLL.bin beside {docs_folder.join(idx_name)}")
+    files = [docs_folder.join(idx_name), *(p.path for p in pieces),
+             *(folder.join(names[kind]) for kind in MAP_FILES)]
+    sizes_of = {docs_folder.join(idx_name): docs_listing[idx_name],
+                **{p.path: p.size for p in pieces},
+                **{folder.join(names[kind]): listing[names[kind]] for kind in MAP_FILES}}
+    order = {"kind": "gpt-neox-index-maps", "maps": folder.join(maps),
+             "documents": docs_folder.join(docs), "seed": int(found["seed"]),
+             "file_sizes": sizes_of}
+    reader = _IndexMaps(doc_idx, sample_idx, shuffle_idx, sizes, pointers, pieces,
+                        token_dtype, int(found["seq_length"]) + 1, folder.join(maps))
+    return Dataset("index-maps", folder.join(maps), files,
+                   min(shuffle_idx.shape[0], sample_idx.shape[0] - 1), reader.seq_len,
+                   token_dtype, [], order, reader)
+
+
+@dataclass(frozen=True)
+class _IndexMaps:
+    """Sample i of GPT-NeoX's order (`GPT2Dataset.__getitem__`): j = shuffle_idx[i];
+    sample_idx[j] and sample_idx[j + 1] give (position in doc_idx, token offset) of its first and
+    last token; between them whole documents. Read for a batch at once: one segment per
+    (sample, document), then every byte gathered in one step (locally) or one range per segment
+    (S3)."""
+    doc_idx: _Entries
+    sample_idx: _Entries
+    shuffle_idx: _Entries
+    sizes: _Entries  # the documents' lengths in tokens
+    pointers: _Entries  # their first bytes in the .bin
+    pieces: list[_Piece]
+    dtype: np.dtype
+    seq_len: int  # seq_length + 1
+    where: str
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        count = stop - start
+        j = self.shuffle_idx.take(np.arange(start, stop)).astype(np.int64)
+        if not (0 <= j.min() and j.max() + 1 < self.sample_idx.shape[0]):
+            raise VmemError(f"{self.where}_shuffle_idx.npy: names samples outside the "
+                            f"{self.sample_idx.shape[0] - 1} of its sample_idx")
+        ends = self.sample_idx.take(np.stack([j, j + 1], axis=1).reshape(-1))
+        ends = ends.astype(np.int64).reshape(count, 2, 2)
+        first, last = ends[:, 0], ends[:, 1]  # (position in doc_idx, offset) each
+        per_sample = last[:, 0] - first[:, 0] + 1
+        segment_start = np.cumsum(per_sample) - per_sample
+        total = int(per_sample.sum())
+        position = (np.repeat(first[:, 0] - segment_start, per_sample)
+                    + np.arange(total, dtype=np.int64))
+        docs = self.doc_idx.take(position).astype(np.int64)
+        begin = np.zeros(total, dtype=np.int64)
+        end = self.sizes.take(docs).astype(np.int64)
+        begin[segment_start] = first[:, 1]
+        end[segment_start + per_sample - 1] = last[:, 1] + 1
+        lengths = end - begin
+        if np.any(np.add.reduceat(lengths, segment_start) != self.seq_len):
+            raise VmemError(f"{self.where}_sample_idx.npy: a sample of [{start}, {stop}) does "
+                            f"not span {self.seq_len} tokens of its documents; the maps do not "
+                            f"belong to this document dataset")
+        itemsize = self.dtype.itemsize
+        first_byte = self.pointers.take(docs) + begin * itemsize
+        data = _gather(self.pieces, first_byte, lengths * itemsize, itemsize)
+        return data.view(self.dtype).reshape(count, self.seq_len)
+
+
+def _gather(pieces: list[_Piece], first: np.ndarray, lengths: np.ndarray,
+            itemsize: int) -> np.ndarray:
+    """The byte segments [first, first + length) of the pieces' stream, end to end: one range
+    per segment on S3; locally gathered from the memory maps at once, a token at a time where
+    no piece ends inside a token."""
+    starts = list(accumulate((p.size for p in pieces), initial=0))
+    if any(is_s3(p.path) for p in pieces):
+        return np.concatenate([np.empty(0, np.uint8)] + [
+            _read_span(pieces, starts, int(a), int(a + n)) for a, n in zip(first, lengths,
+                                                                            strict=True)])
+    unit = np.dtype(f"u{itemsize}") if all(at % itemsize == 0 for at in starts) else np.uint8
+    size = np.dtype(unit).itemsize
+    first, lengths = first // size, lengths // size
+    out_start = np.cumsum(lengths) - lengths
+    where = (np.repeat(first - out_start, lengths)
+             + np.arange(int(lengths.sum()), dtype=np.int64))
+    views = [piece.read(piece.offset, piece.offset + piece.size).view(unit) for piece in pieces]
+    if len(pieces) == 1:
+        return views[0][where].view(np.uint8)
+    data = np.empty(len(where), dtype=unit)
+    owner = np.searchsorted([at // size for at in starts], where, side="right") - 1
+    for k, view in enumerate(views):
+        mine = owner == k
+        data[mine] = view[where[mine] - starts[k] // size]
+    return data.view(np.uint8)
+
+
+class _RangeFile(io.RawIOBase):
+    """A file read through byte ranges (an S3 object), for pyarrow's reader."""
+
+    def __init__(self, read: ReadBytes, size: int):
+        self._read, self._size, self._at = read, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._at = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence] + offset
+        return self._at
+
+    def readinto(self, buffer) -> int:
+        stop = min(self._at + len(buffer), self._size)
+        data = self._read(self._at, stop) if stop > self._at else np.empty(0, np.uint8)
+        buffer[:len(data)] = data.tobytes()
+        self._at += len(data)
+        return len(data)
+
+
+def _open_parquet(folder: Location, seq_len: int | None, dtype: str | np.dtype | None) -> Dataset:
+    """Pythia's data as parquet: `train-{N:06d}.parquet` holds steps [N − W, N) (W the first
+    file's N: 1000 as published), rows in training order, column `token_ids`."""
+    import pyarrow as pa  # costs start-up time that other datasets never pay
+    import pyarrow.parquet as pq
+
+    _no_row_flags(seq_len, dtype, f"{folder.url} (train-NNNNNN.parquet files)")
+    listing = folder.files()
+    numbered = sorted((int(m["step"]), m.string) for m in map(_PARQUET.match, listing) if m)
+    width = numbered[0][0]
+    for k, (step, name) in enumerate(numbered, start=1):
+        if step != k * width:
+            raise VmemError(f"{folder.url}: {name} follows {numbered[k - 2][1]}, but "
+                            f"train-{k * width:06d}.parquet is missing (the files must cover "
+                            f"steps [0, N) without a gap: train-{width:06d}.parquet first)")
+    files = []
+    for _, name in numbered:
+        path = folder.join(name)
+        handle = (path if not folder.remote
+                  else _RangeFile(folder.reader(name), listing[name]))
+        try:
+            opened = pq.ParquetFile(handle, memory_map=not folder.remote)
+        except Exception as err:  # pyarrow's own errors: one line naming the file
+            raise VmemError(f"{path}: not a readable parquet file "
+                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                            ) from None
+        files.append(_ParquetFile(path, opened, threading.Lock()))
+    schema = files[0].file.schema_arrow
+    tokens = getattr(schema.field("token_ids").type, "value_type", None) \
+        if "token_ids" in schema.names else None
+    if tokens is None or not pa.types.is_integer(tokens):
+        raise VmemError(f"{files[0].path}: expected a column token_ids of integer lists (uid, "
+                        f"batch_idx, token_ids as Pythia's parquet files hold), found "
+                        f"{', '.join(f'{f.name}: {f.type}' for f in schema)}")
+    reader = _ParquetOrder(files, np.dtype(tokens.to_pandas_dtype()))
+    order = {"kind": "pythia-parquet", "steps_per_file": width,
+             "file_sizes": {f.path: listing[name] for f, (_, name) in zip(files, numbered,
+                                                                          strict=True)}}
+    return Dataset("parquet", folder.url, [f.path for f in files], reader.num_sequences,
+                   reader.seq_len, reader.dtype, [], order, reader)
+
+
+@dataclass(frozen=True)
+class _ParquetFile:
+    path: str
+    file: object  # pyarrow.parquet.ParquetFile
+    lock: threading.Lock  # pyarrow reads one file from one thread at a time
+
+
+class _ParquetOrder:
+    """Rows of the parquet files end to end, each read from the row groups that hold it."""
+
+    def __init__(self, files: list[_ParquetFile], dtype: np.dtype):
+        self.files, self.dtype = files, dtype
+        self._groups = [[f.file.metadata.row_group(g).num_rows
+                         for g in range(f.file.metadata.num_row_groups)] for f in files]
+        self._starts = list(accumulate((sum(g) for g in self._groups), initial=0))
+        self.num_sequences = self._starts[-1]
+        self.seq_len = self.rows(files[0], 0, 1).shape[1]
+
+    def rows(self, file: _ParquetFile, first: int, last: int) -> np.ndarray:
+        """Rows [first, last) of one file."""
+        groups = self._groups[self.files.index(file)]
+        bounds = list(accumulate(groups, initial=0))
+        wanted = [g for g in range(len(groups)) if bounds[g] < last and first < bounds[g + 1]]
+        with file.lock:
+            table = file.file.read_row_groups(wanted, columns=["token_ids"])
+        column = table.column("token_ids").combine_chunks()
+        lengths = np.diff(np.asarray(column.offsets))
+        tokens = np.asarray(column.flatten())
+        if len(lengths) and np.any(lengths != lengths[0]):
+            raise VmemError(f"{file.path}: its token_ids are not all the same length "
+                            f"({lengths.min()} to {lengths.max()} tokens)")
+        skip = first - bounds[wanted[0]]
+        return tokens.reshape(len(lengths), -1)[skip:skip + last - first].astype(self.dtype)
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        parts = []
+        for file, at, rows in zip(self.files, self._starts[:-1], np.diff(self._starts),
+                                  strict=True):
+            if at < stop and start < at + rows:
+                parts.append(self.rows(file, max(start, at) - at, min(stop, at + rows) - at))
+                if parts[-1].shape[1] != self.seq_len:
+                    raise VmemError(f"{file.path}: holds rows of {parts[-1].shape[1]} tokens, "
+                                    f"{self.files[0].path} rows of {self.seq_len}")
+        return np.concatenate(parts)
 
 
 # --- training steps ↔ sequence indices -----------------------------------------------------------
@@ -434,6 +786,10 @@ def describe(dataset: Dataset, sequences_per_step: int = SEQUENCES_PER_STEP) -> 
              f"seq_len    {dataset.seq_len}",
              f"dtype      {dataset.dtype}",
              f"steps      {covered}"]
+    if dataset.order:
+        seed = dataset.order.get("seed")
+        lines.append(f"order      {dataset.order['kind']}"
+                     + (f" (seed {seed})" if seed is not None else ""))
     files = dataset.files
     if len(files) > 5:  # the .idx, the first two shards, the last
         files = [*files[:3], f"... {len(files) - 4} more", files[-1]]
@@ -442,10 +798,14 @@ def describe(dataset: Dataset, sequences_per_step: int = SEQUENCES_PER_STEP) -> 
 
 
 def manifest_entry(dataset: Dataset) -> dict:
-    """How a run's manifest records its dataset (`settings.data`); the location is absolute."""
-    return {"location": dataset.location, "layout": dataset.layout,
-            "num_sequences": dataset.num_sequences, "seq_len": dataset.seq_len,
-            "dtype": np.dtype(dataset.dtype).name}
+    """How a run's manifest records its dataset (`settings.data`); the location is absolute.
+    An order read through maps adds `order`: its kind, files with their sizes, and seed."""
+    entry = {"location": dataset.location, "layout": dataset.layout,
+             "num_sequences": dataset.num_sequences, "seq_len": dataset.seq_len,
+             "dtype": np.dtype(dataset.dtype).name}
+    if dataset.order:
+        entry["order"] = dataset.order
+    return entry
 
 
 def check_dump_output(output: str) -> None:

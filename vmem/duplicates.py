@@ -131,7 +131,10 @@ def plan_index(dataset: Dataset, cont_len: int, definition: str = "stream") -> d
         raise VmemError(f"{dataset.location}: tokens are {dtype}; the duplicate index "
                         f"(tokengrams) takes uint16 or uint32 tokens")
     itemsize = np.dtype(dtype).itemsize
-    sizes = [piece.size for piece in dataset.pieces]
+    # A mapped order (index maps, parquet) has no files of rows: one part, copied in row order.
+    pieces = dataset.pieces or [None]
+    sizes = ([piece.size for piece in dataset.pieces] if dataset.pieces
+             else [dataset.num_sequences * dataset.seq_len * itemsize])
     starts = np.cumsum([0, *sizes])
     if any(start % itemsize for start in starts):
         raise VmemError(f"{dataset.location}: a shard ends inside a {dtype} token "
@@ -140,15 +143,15 @@ def plan_index(dataset: Dataset, cont_len: int, definition: str = "stream") -> d
     rows = rows_counted(dataset, definition)
     total = rows * dataset.seq_len
     parts = []
-    for k, piece in enumerate(dataset.pieces):
+    for k, piece in enumerate(pieces):
         start, end = int(starts[k]) // itemsize, int(starts[k + 1]) // itemsize
         if start >= total:  # past the rows counted
             break
         stop = min(end + overlap, total)
         # tokengrams maps a local file of tokens alone (no .npy header) in place; else a copy
         # (always for rows: its row ends are marked).
-        own = (definition == "stream" and stop == end and not is_s3(piece.path)
-               and piece.offset == 0)
+        own = (definition == "stream" and piece is not None and stop == end
+               and not is_s3(piece.path) and piece.offset == 0)
         parts.append({"start": start, "stop": stop, "own_stop": min(end, total),
                       "tokens": os.path.abspath(piece.path) if own else _part_name(k, "tokens")})
     data = dict(manifest_entry(dataset), file_sizes=sizes)

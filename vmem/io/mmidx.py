@@ -1,9 +1,11 @@
 """The Megatron / GPT-NeoX "mmap indexed dataset" format: read and validate an `.idx`, write one.
 
 An `.idx` is a 34-byte header (magic, version, dtype code, N, M), then N int32 sizes, N int64
-byte pointers into the `.bin`, and M int64 document-index entries. vmem only handles what Pythia
-publishes: every sequence has the same length and the sequences lie back to back, so the `.bin`
-is a plain N x seq_len matrix and sequence i starts at byte i * seq_len * itemsize.
+byte pointers into the `.bin`, and M int64 document-index entries. As a dataset of rows vmem
+reads what Pythia publishes: every sequence has the same length and the sequences lie back to
+back, so the `.bin` is a plain N x seq_len matrix and sequence i starts at byte
+i * seq_len * itemsize. A document-level dataset (documents of any length, which GPT-NeoX's index
+maps order) is read through its header and entries (`read_header`).
 """
 
 from __future__ import annotations
@@ -54,12 +56,9 @@ class Index:
         return self.num_sequences * self.row_bytes
 
 
-def read_index(read: ReadBytes, size: int, where: str, *, every_entry: bool = True) -> Index:
-    """Parse and validate the `.idx` at `where` (`size` bytes, read through `read`).
-
-    With `every_entry=False` only the first, last and a few evenly spaced blocks of entries are
-    checked: Pythia's index is 1.75 GB, too much to fetch from S3 before every run.
-    """
+def read_header(read: ReadBytes, size: int, where: str) -> tuple[int, int, np.dtype]:
+    """(N sequences, M document entries, token dtype) from the header of the `.idx` at `where`,
+    checked to be one whose entries fit in its `size` bytes."""
     if size < HEADER.size:
         raise VmemError(f"{where}: {size} bytes is too short for an .idx header ({HEADER.size})")
     magic, version, code, n, m = HEADER.unpack(read(0, HEADER.size).tobytes())
@@ -76,6 +75,16 @@ def read_index(read: ReadBytes, size: int, where: str, *, every_entry: bool = Tr
     if size < needed:
         raise VmemError(f"{where}: {size} bytes, but an index of {n} sequences and {m} document "
                         f"entries needs {needed} (truncated download?)")
+    return n, m, DTYPES[code]
+
+
+def read_index(read: ReadBytes, size: int, where: str, *, every_entry: bool = True) -> Index:
+    """Parse and validate the `.idx` at `where` (`size` bytes, read through `read`).
+
+    With `every_entry=False` only the first, last and a few evenly spaced blocks of entries are
+    checked: Pythia's index is 1.75 GB, too much to fetch from S3 before every run.
+    """
+    n, m, dtype = read_header(read, size, where)
 
     def entries(first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         sizes_at, pointers_at = HEADER.size, HEADER.size + 4 * n
@@ -86,7 +95,7 @@ def read_index(read: ReadBytes, size: int, where: str, *, every_entry: bool = Tr
     seq_len = int(read(HEADER.size, HEADER.size + 4).view("<i4")[0])
     if seq_len <= 0:
         raise VmemError(f"{where}: sequence 0 has {seq_len} tokens")
-    index = Index(n, seq_len, DTYPES[code])
+    index = Index(n, seq_len, dtype)
     blocks = -(-n // ENTRIES_PER_BLOCK)
     checked = range(blocks)
     if not every_entry and blocks > SAMPLED_BLOCKS:
