@@ -19,7 +19,7 @@ import pytest
 
 from tests.cli import cli_error
 from tests.models import SEQ_LEN, VOCAB, reference_cont_logprobs
-from tests.test_duplicates import brute_force
+from tests.test_duplicates import brute_force, brute_force_rows
 from vmem.cli import main
 from vmem.data import iter_batches, manifest_entry, open_dataset
 
@@ -354,3 +354,8 @@ def test_duplicates_count_the_order_as_its_rows(polypythia, tmp_path):
     assert main(["duplicates", "--data", maps[SEED], "--index", str(tmp_path / "index"),
                  "--start", "0", "--stop", "40", "-o", str(output), "--no-progress"]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(output), brute_force(samples).head(40))
+    rows = tmp_path / "rows.parquet"  # semantic-memorization's definition, on the same order
+    assert main(["duplicates", "--data", maps[SEED], "--index", str(tmp_path / "rows-index"),
+                 "--definition", "rows", "--start", "0", "--stop", "40", "-o", str(rows),
+                 "--no-progress"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(rows), brute_force_rows(samples).head(40))
