@@ -180,6 +180,37 @@ def test_index_bound_restricts_every_comparison_as_mem_graph_did(study: Path, tm
     assert not (tmp_path / "r0").exists() and not (tmp_path / "r1").exists()
 
 
+def test_runs_over_different_training_orders_are_never_compared(tmp_path: Path) -> None:
+    """One model's checkpoints and two models at one checkpoint, where one run read its data
+    through GPT-NeoX index maps (seed 3's order): no comparison pairs it with the others."""
+    order = dict(kind="gpt-neox-index-maps", seed=3,
+                 maps="/data/seed3/pile_20B_tokenizer_text_document_train_0_indexmap_"
+                      "147164160ns_2048sl_3s")
+    for with_order in (False, True):
+        runs = tmp_path / f"runs-{with_order}"
+        runs.mkdir()
+        for size, step in (("160m", 1_000), ("160m", 143_000), ("410m", 143_000)):
+            write_run(runs, f"{size}-{step}", model=f"EleutherAI/pythia-{size}", step=step,
+                      start=0, stop=2000, memorized=[1, 2, 3])
+        if with_order:
+            manifest = runs / "160m-143000.manifest.json"
+            found = json.loads(manifest.read_text())
+            found["settings"]["data"]["order"] = order
+            manifest.write_text(json.dumps(found))
+        out = tmp_path / f"report-{with_order}"
+        run_report(runs, out)
+        pred = pd.read_csv(out / "tables" / "predictability.csv")
+        pairs = sorted(zip(pred["family"], pred["cheap"], pred["target"], strict=True))
+        if not with_order:
+            assert pairs == [("A", "pythia-160m-step143000", "pythia-410m-step143000"),
+                             ("B", "pythia-160m-step1000", "pythia-160m-step143000")]
+        else:
+            assert pairs == []
+            assert not (out / "tables" / "forgetting.csv").exists()
+            rates = pd.read_csv(out / "tables" / "memorization_rates.csv")
+            assert len(rates) == 3
+
+
 def test_passes_in_small_chunks_agree_with_pandas(tmp_path: Path, monkeypatch) -> None:
     """The chunked numpy passes, with chunks far smaller than the runs, against a plain
     pandas computation on the same files."""

@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", parents=[common],
                         help="score sequences for memorization into score files")
     _add_engine(ev, engine="auto")
-    ev.add_argument("--data", required=True, help="dataset path or s3:// URL")
+    ev.add_argument("--data", required=True,
+                    help="dataset path or s3:// URL (also GPT-NeoX index maps or a folder of "
+                         "train-NNNNNN.parquet: docs/orders.md)")
     _add_data_source(ev)
     _add_range(ev, checkpoint=True)
     ev.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")

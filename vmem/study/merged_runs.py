@@ -45,7 +45,7 @@ class Run:
     name: str  # from the manifest: model, checkpoint and method (see `run_name`)
     table: str
     settings: dict  # the manifest's settings: what the run claims to be
-    model: str  # settings.model: what groups runs into one model
+    model: str  # settings.model (and the order read through, if any): groups runs into one model
     label: str  # short display name of the model
     suite: str  # models compared with each other (duped and deduped Pythia are two suites)
     step: int | None
@@ -140,6 +140,17 @@ def model_and_label(model: str) -> tuple[str, str]:
     return model, Path(model.rstrip("/")).name or model
 
 
+def order_name(data: dict) -> str | None:
+    """The training order a run's dataset was read through (`settings.data.order`: GPT-NeoX
+    index maps by their file name, which holds the seed; Pythia's parquet files), or None for
+    rows read as stored."""
+    order = data.get("order")
+    if not order:
+        return None
+    maps = order.get("maps")
+    return order["kind"] if not maps else f"{order['kind']} {Path(maps).name}"
+
+
 def run_name(label: str, step: int | None, run_method: str) -> str:
     """`pythia-1b-step143000`, with `-verify` (`-released`) for a verification run (a released
     list)."""
@@ -194,16 +205,21 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
     if step is None:
         step = pythia.step_of_revision(settings.get("revision"))
     model, label = model_and_label(model)
+    suite = pythia.suite_of(model) or OTHER_SUITE
+    data = settings.get("data") or {}
     params = manifest.get("params")
     if params is None and (size := pythia.size_of(model)) is not None:
         params = size.params
-    data = settings.get("data") or {}
+    if order := order_name(data):
+        # Index i of one order is not index i of another: runs over different orders are kept
+        # apart wherever runs are grouped as one model or suite, so never compared.
+        model, suite = f"{model} [{order}]", f"{suite} [{order}]"
     step = None if step is None else int(step)
     n, generated = stop - start, method(settings) == GENERATE
     several = not generated and len(prompt_lens(settings)) > 1
     return Run(
         name=run_name(label, step, method(settings)), table=table, settings=settings,
-        model=model, label=label, suite=pythia.suite_of(model) or OTHER_SUITE,
+        model=model, label=label, suite=suite,
         step=step, params=None if params is None else int(params),
         start=start, stop=stop, cont_len=cont_len,
         sequences_per_step=int(settings.get("batch_size") or pythia.SEQUENCES_PER_STEP),
