@@ -28,6 +28,7 @@ from vmem.study.correlation import by_size, grid
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
+from vmem.study.plots import large_numbers
 
 COLUMNS = ["a", "b", "peak", "peak_lag", "sequences"]
 MAX_LAG = 100_000  # the notebook's plotted range
@@ -172,6 +173,7 @@ def cross_correlation_figure(table: pd.DataFrame, curves: dict, runs: dict[str, 
         ax.set_title(runs[rows[0].a].label, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel("lag (sequences)")
+        large_numbers(ax.xaxis)
         ax.set_ylabel("normalized cross-correlation")
         ax.legend(fontsize=6, loc="upper right")
     for ax in axes[len(by_model):]:

@@ -20,6 +20,7 @@ from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
+from vmem.study.plots import large_numbers
 
 COLUMNS = ["run", "percentile", "slope", "variation", "percent_change"]
 # The notebook's filters; 0 selects every sequence (np.percentile(·, 0) is the minimum).
@@ -134,6 +135,7 @@ def trend_figure(table: pd.DataFrame, standing: list[Run], path: Path) -> None:
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_title(filter_title(q))
         ax.set_xlabel("training step")
+        large_numbers(ax.xaxis)
         if by_model:
             ax.legend(fontsize=8)
     axes[0].set_ylabel("% change of the fitted line across the run")

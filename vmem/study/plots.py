@@ -8,6 +8,7 @@ from pathlib import Path
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 DPI = 110
 
@@ -21,6 +22,13 @@ def legend(ax) -> None:
     handles, _ = ax.get_legend_handles_labels()
     if handles:
         ax.legend(fontsize=7 if len(handles) <= 12 else 5, loc="best")
+
+
+def large_numbers(axis) -> None:
+    """Steps, indices and lags up to the hundreds of millions as 23k, 146M, on a few ticks that
+    do not run into each other."""
+    axis.set_major_locator(MaxNLocator(5))
+    axis.set_major_formatter(EngFormatter(sep=""))
 
 
 def save(fig: Figure, path: Path) -> None:
