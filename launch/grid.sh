@@ -61,12 +61,13 @@ while (($#)); do
 done
 
 # The suite's facts come from vmem/pythia.py: checkpoints, sequences per step, the final step, then
-# one "SIZE DEDUPED HUB_ID" line per model (duped and deduped; -v0 ids with --paper).
+# one "SIZE DEDUPED HUB_ID" line per model of the paper's sizes (duped and deduped; -v0 ids
+# with --paper).
 mapfile -t facts < <("$PYTHON" -c 'import sys
 from vmem import pythia as p
 v0 = sys.argv[1] == "1"
 print(*p.PAPER_CHECKPOINTS); print(p.SEQUENCES_PER_STEP, p.FINAL_STEP)
-for size in p.SIZES:
+for size in p.PAPER_SIZES:
     for deduped in (0, 1):
         print(size, deduped, p.hub_id(size, bool(deduped), v0))' "$paper")
 ((${#facts[@]} > 2)) || { echo "grid.sh: error: $PYTHON could not import vmem" >&2; exit 2; }

@@ -78,7 +78,7 @@ def test_the_paper_grid_is_the_v0_models_at_the_paper_checkpoints(tmp_path):
                          .stdout.splitlines()),
               **commands(grid(tmp_path, "--dry-run", "--paper", "--only", "pythia-1b-deduped-v0-*")
                          .stdout.splitlines())}
-    models = {f"EleutherAI/pythia-{s}{d}-v0" for s in pythia.SIZES for d in ("", "-deduped")}
+    models = {f"EleutherAI/pythia-{s}{d}-v0" for s in pythia.PAPER_SIZES for d in ("", "-deduped")}
     found = set()
     for run, cmd in by_run.items():
         env = dict(word.split("=", 1) for word in cmd if "=" in word and not word.startswith("-"))

@@ -37,6 +37,9 @@ SIZES = {
     )
 }
 
+# The suite the paper evaluated (14m and 31m came later, without -v0 models).
+PAPER_SIZES = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+
 # The whole last part of a hub id or folder (or the part before a checkpoint's `stepN/` folder):
 # `pythia-1b-sft` or `pythia-1b-deduped-lora` are other models, with their own revisions and size.
 # PolyPythias (`pythia-160m-seed3`, `-data-seed3`, `-weight-seed3`) were only trained on the
