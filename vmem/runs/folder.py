@@ -76,8 +76,12 @@ def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, st
     expected, cont_len = columns(settings), settings["cont_len"]
     raw = pa.BufferReader(source) if isinstance(source, bytes) else source
     try:
-        table = pacsv.read_csv(raw, convert_options=pacsv.ConvertOptions(
-            column_types={c: column_type(c) for c in expected}))
+        # One thread: a score file is small, and Arrow's thread pool, started by a task that
+        # only finds its slice finished, could still be starting when the process exits (an
+        # abort at exit: "terminate called without an active exception", seen under Slurm).
+        table = pacsv.read_csv(raw, read_options=pacsv.ReadOptions(use_threads=False),
+                               convert_options=pacsv.ConvertOptions(
+                                   column_types={c: column_type(c) for c in expected}))
     except (pa.ArrowInvalid, OSError) as err:
         reason = first_line(err)
         raise DamagedScoreFile(f"score file {name} does not parse ({reason})") from None
