@@ -25,13 +25,13 @@ from vmem.errors import VmemError, first_line
 from vmem.io import mmidx
 from vmem.io.atomic import atomic_path
 from vmem.io.location import is_s3, split
+from vmem.runs.merge import MANIFEST_SUFFIX
 
 PACKINGS = ("concat", "document")
 ROW_SUFFIXES = (".npy", ".bin", ".idx")
 DOCUMENT_SUFFIXES = (".parquet", ".jsonl")
 TOKENS_FIELD = "token_ids"  # parquet's default column, as in Pythia's parquet copy
 JSONL_FIELDS = (TOKENS_FIELD, "text")  # without --field, a jsonl line's first of these keys
-MANIFEST_SUFFIX = ".manifest.json"
 LENGTHS_SUFFIX = ".lengths.npy"
 TOKENIZE_BATCH = 1024  # documents tokenized per call
 HASH_BLOCK = 1 << 24

@@ -17,7 +17,7 @@ from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.index_trend import PERCENTILES, filter_title, pass_size, top_scores
 from vmem.study.merged_runs import Run
-from vmem.study.plots import large_numbers
+from vmem.study.plots import large_numbers, save_cropped
 
 COLUMNS = ["run", "percentile", "bucket_start", "bucket_stop", "sequences", "mean_score"]
 BUCKET_STEPS = 230  # the notebook's bucket_size=235520 sequences, 230 steps of 1024
@@ -110,4 +110,4 @@ def bucket_figure(table: pd.DataFrame, standing: list[Run], path: Path) -> None:
         if len(rows):
             ax.legend(fontsize=7)
     axes[0].set_ylabel("mean score in the bucket")
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    save_cropped(fig, path)

@@ -13,6 +13,7 @@ from vmem.study.context import Study
 from vmem.study.display import count, show
 from vmem.study.document import Document
 from vmem.study.duplication import duplication_table, rarity_table
+from vmem.study.plots import save_cropped
 
 
 def tables(study: Study) -> dict[str, pd.DataFrame]:
@@ -101,4 +102,4 @@ def _share_by_bucket(table: pd.DataFrame, path: Path, low: str, label: str, xlab
     ax.set_ylabel("memorized, % of the bucket's sequences")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    save_cropped(fig, path)

@@ -26,6 +26,7 @@ from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
+from vmem.study.plots import save_cropped
 
 COLUMNS = ["a", "b", "subset", "pearson", "sequences"]
 # The notebook's subsets: the score, the top 10% and 1% of the run's scores, the memorized flag.
@@ -243,7 +244,7 @@ def model_figure(table: pd.DataFrame, runs: dict[str, Run], path: Path) -> None:
         heatmap(ax, values, labels, title)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    save_cropped(fig, path)
 
 
 def checkpoint_figure(table: pd.DataFrame, runs: dict[str, Run], path: Path) -> None:
@@ -261,4 +262,4 @@ def checkpoint_figure(table: pd.DataFrame, runs: dict[str, Run], path: Path) -> 
                 f"{checkpoints[0].label}: {subset}")
     for ax in axes[len(models):]:
         ax.set_visible(False)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    save_cropped(fig, path)

@@ -28,7 +28,7 @@ from vmem.study.correlation import by_size, grid
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
-from vmem.study.plots import large_numbers
+from vmem.study.plots import large_numbers, save_cropped
 
 COLUMNS = ["a", "b", "peak", "peak_lag", "sequences"]
 MAX_LAG = 100_000  # the notebook's plotted range
@@ -178,4 +178,4 @@ def cross_correlation_figure(table: pd.DataFrame, curves: dict, runs: dict[str, 
         ax.legend(fontsize=6, loc="upper right")
     for ax in axes[len(by_model):]:
         ax.set_visible(False)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    save_cropped(fig, path)

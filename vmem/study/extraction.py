@@ -20,6 +20,7 @@ from vmem.study.display import percent, show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
 from vmem.study.passes import chunks, memorized_count, memorized_share
+from vmem.study.plots import save_cropped
 
 SAMPLES = (1, 10, 100, 1000)
 PROBABILITIES = (0.1, 0.5, 0.9)
@@ -136,4 +137,4 @@ def np_figure(table: pd.DataFrame, path: Path) -> None:
         ax.set_title(f"p = {p}")
     axes[0].set_ylabel("(n, p)-extractable, % of evaluated (x: greedy)")
     axes[-1].legend(fontsize=7)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    save_cropped(fig, path)

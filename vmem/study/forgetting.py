@@ -19,6 +19,7 @@ from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
+from vmem.study.plots import save_cropped
 
 COLUMNS = ["model", "from_step", "to_step", "kept", "forgotten", "new", "never"]
 RECURRENCE_COLUMNS = ["model", "checkpoints", "sequences", "forgotten", "memorized_again"]
@@ -122,4 +123,4 @@ def forgetting_figure(table: pd.DataFrame, path: Path) -> None:
     for ax in (lost, gained):
         ax.set_xlabel("training step of the later checkpoint")
         ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    save_cropped(fig, path)

@@ -20,7 +20,7 @@ from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
-from vmem.study.plots import large_numbers
+from vmem.study.plots import large_numbers, save_cropped
 
 COLUMNS = ["run", "percentile", "slope", "variation", "percent_change"]
 # The notebook's filters; 0 selects every sequence (np.percentile(·, 0) is the minimum).
@@ -139,4 +139,4 @@ def trend_figure(table: pd.DataFrame, standing: list[Run], path: Path) -> None:
         if by_model:
             ax.legend(fontsize=8)
     axes[0].set_ylabel("% change of the fitted line across the run")
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    save_cropped(fig, path)

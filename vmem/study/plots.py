@@ -34,3 +34,8 @@ def large_numbers(axis) -> None:
 def save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
+
+
+def save_cropped(fig: Figure, path: Path) -> None:
+    """Saved cropped to what is drawn (no tight_layout pass), at the report's dpi."""
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})

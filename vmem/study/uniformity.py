@@ -19,6 +19,7 @@ from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
+from vmem.study.plots import save_cropped
 
 COLUMNS = ["run", "window", "windows", "mean", "ks_statistic", "p_value"]
 COUNT_COLUMNS = ["run", "memorized", "windows", "poisson_windows"]
@@ -147,4 +148,4 @@ def qq_figure(counts: pd.DataFrame, tests: pd.DataFrame, names: list[str], path:
     ax.set_xlabel("Poisson quantiles")
     ax.set_ylabel(f"memorized sequences per window of {WINDOW} (sorted)")
     ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    save_cropped(fig, path)

@@ -12,6 +12,7 @@ from vmem.study.context import Study
 from vmem.study.display import count, percent
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
+from vmem.study.plots import DPI
 from vmem.study.taxonomy import (
     NOT_RECITATION,
     RECITATION,
@@ -108,7 +109,7 @@ def taxonomy_figure(table: pd.DataFrame, runs: list[Run], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Memorized sequences by category: recitation, reconstruction, recollection")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
 
 
 def _sequences(table: pd.DataFrame, run: str, category: str) -> int:
