@@ -9,6 +9,8 @@ Two methods fill a run's tables (settings["method"]):
 - verify: one teacher-forced pass; `prefix_match` is exact (greedy decoding follows the truth as
   long as the argmax given the true prefix equals it) and `memorized` = prefix_match == cont_len.
   With several prompt lengths, one `prefix_match_p<P>` per length. No fractional score.
+- Orders with an instance filter (OLMo's: an instance of long repeats keeps its slot but is never
+  trained on) add `trained`: False rows were not given to the engine and hold no values.
 - released: EleutherAI's published list of a final model's memorized sequences, imported by
   `vmem import-released` as `memorized` per index of the checkpoint's range. Flags only.
 """
@@ -21,6 +23,7 @@ import pyarrow as pa
 from vmem.errors import VmemError
 
 GENERATE, VERIFY, RELEASED = "generate", "verify", "released"
+TRAINED = "trained"
 METHODS = (GENERATE, VERIFY, RELEASED)
 PAPER_PROMPT_LEN = 32
 
@@ -48,10 +51,20 @@ def primary_prompt_len(settings: dict) -> int:
     return PAPER_PROMPT_LEN if len(lens) > 1 and PAPER_PROMPT_LEN in lens else min(lens)
 
 
+def filters_instances(settings: dict) -> bool:
+    """Whether the run's order has an instance filter: its tables then say per row whether the
+    instance was trained on."""
+    return bool(((settings.get("data") or {}).get("order") or {}).get("instance_filter"))
+
+
 def columns(settings: dict) -> list[str]:
     """A score table's columns for a run's settings, in order."""
     if method(settings) == RELEASED:
         return ["index", "memorized"]
+    return _value_columns(settings) + ([TRAINED] if filters_instances(settings) else [])
+
+
+def _value_columns(settings: dict) -> list[str]:
     logprobs = settings["logprobs"]
     if method(settings) == GENERATE:
         return (["index", "score", "matches", "prefix_match"]
@@ -65,7 +78,7 @@ def columns(settings: dict) -> list[str]:
 
 
 def column_type(name: str) -> pa.DataType:
-    if name == "memorized":
+    if name in ("memorized", TRAINED):
         return pa.bool_()
     if name in ("score", "edit_similarity") or name.startswith("cont_logprob"):
         return pa.float64()
