@@ -38,8 +38,9 @@ def _add_s3_endpoint(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sequences_per_step(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sequences-per-step", type=int, default=1024,
-                   help="sequences per training step (Pythia: 1024)")
+    p.add_argument("--sequences-per-step", type=int, default=None,
+                   help="sequences per training step (default: the order's own where it "
+                        "records one, else Pythia's 1024)")
     # The flag's old name read as the inference batch (that is --chunk-size) and silently
     # scored other sequences: it is refused by name (see `main`), never taken as either.
     p.add_argument("--batch-size", dest="refused_batch_size", default=None,
@@ -120,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the libraries' logs (vLLM, transformers) besides vmem's own")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="inspect Pythia-format token datasets")
+    data = sub.add_parser("data", help="inspect token datasets and training orders; import a "
+                                       "corpus; build OLMo's order")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     info = data_sub.add_parser("info", parents=[common],
                                help="sequences, length, dtype, layout, shards, steps")
@@ -164,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--sequences-per-step", type=int, default=None,
                      help="sequences per training step, recorded in the manifest (give it to "
                           "vmem evaluate as well)")
+
+    ol = data_sub.add_parser("olmo", parents=[common],
+                             help="OLMo's training order from its training config → an order "
+                                  "folder that --data reads")
+    ol.add_argument("config", help="the run's training config (YAML), e.g. OLMo2-7B-stage1.yaml")
+    ol.add_argument("-o", "--output", required=True,
+                    help="local order folder: olmo-order.json and the built global_indices.npy")
+    ol.add_argument("--root", default=None,
+                    help="folder or s3:// prefix standing for the host of the config's URLs "
+                         "(http://HOST/preprocessed/... is read as ROOT/preprocessed/...)")
+    ol.add_argument("--global-indices", default=None, metavar="FILE",
+                    help="a published global_indices.npy, read in place instead of building one")
+    _add_s3_endpoint(ol)
 
     ev = sub.add_parser("evaluate", parents=[common],
                         help="score sequences for memorization into score files")
@@ -353,6 +368,9 @@ def data_command(args: argparse.Namespace) -> None:
     if args.data_command == "import":
         import_corpus_command(args)
         return
+    if args.data_command == "olmo":
+        olmo_order_command(args)
+        return
     if args.data_command == "dump":
         Output(args.output, local_only="vmem data dump writes a local .npy").check()
         datasets.check_dump_output(args.output)
@@ -364,6 +382,20 @@ def data_command(args: argparse.Namespace) -> None:
                                          sequences_per_step=args.sequences_per_step)
     datasets.dump(found, start, stop, args.output)
     print(f"wrote rows [{start}, {stop}) of {found.location} to {args.output}")
+
+
+def olmo_order_command(args: argparse.Namespace) -> None:
+    from vmem.data import describe, open_dataset
+    from vmem.io.location import Output
+    from vmem.olmo import build_order
+
+    Output(args.output, local_only="vmem data olmo writes a local order folder").check(
+        folder=True)
+    order = build_order(args.config, args.output, root=args.root,
+                        published=args.global_indices, s3_endpoint=args.s3_endpoint)
+    print(f"{order['global_indices']['source']} the order of {order['instances']:,} instances "
+          f"in {len(order['files'])} files (seed {order['seed']}, epoch {order['epoch']})")
+    print(describe(open_dataset(args.output, s3_endpoint=args.s3_endpoint)))
 
 
 def import_corpus_command(args: argparse.Namespace) -> None:
@@ -450,12 +482,14 @@ def export_command(args: argparse.Namespace) -> None:
 
 
 def import_command(args: argparse.Namespace) -> None:
+    from vmem.pythia import SEQUENCES_PER_STEP
     from vmem.study.released import check_request, import_released
 
-    check_request(args.step, args.sequences_per_step, args.output, s3_endpoint=args.s3_endpoint)
+    per_step = args.sequences_per_step or SEQUENCES_PER_STEP  # Pythia's lists
+    check_request(args.step, per_step, args.output, s3_endpoint=args.s3_endpoint)
     data = None if args.data is None else _dataset(args, args.data)
     import_released(args.source, model=args.model, step=args.step, out=args.output, data=data,
-                    split_name=args.split, sequences_per_step=args.sequences_per_step,
+                    split_name=args.split, sequences_per_step=per_step,
                     s3_endpoint=args.s3_endpoint)
 
 

@@ -11,7 +11,6 @@ is never scored: the true length of each padded row is kept in `PREFIX.lengths.n
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,7 @@ import numpy as np
 from vmem.errors import VmemError, first_line
 from vmem.io import mmidx
 from vmem.io.atomic import atomic_path
+from vmem.io.checksum import sha256_of
 from vmem.io.location import is_s3, split
 from vmem.runs.merge import MANIFEST_SUFFIX
 
@@ -34,7 +34,6 @@ TOKENS_FIELD = "token_ids"  # parquet's default column, as in Pythia's parquet c
 JSONL_FIELDS = (TOKENS_FIELD, "text")  # without --field, a jsonl line's first of these keys
 LENGTHS_SUFFIX = ".lengths.npy"
 TOKENIZE_BATCH = 1024  # documents tokenized per call
-HASH_BLOCK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -340,12 +339,8 @@ def _narrowest(rows: np.ndarray, imp: Import) -> np.ndarray:
 # --- writing -------------------------------------------------------------------------------------
 
 def _file_entry(path: str) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
     return {"path": os.path.abspath(path), "bytes": os.path.getsize(path),
-            "sha256": digest.hexdigest()}
+            "sha256": sha256_of(path)}
 
 
 def _write(prefix: str, rows: np.ndarray, lengths: np.ndarray | None, manifest: dict) -> None:

@@ -4,8 +4,10 @@ A training order maps a sequence index to its tokens; row i is the i-th sequence
 The simplest order is a byte stream of N fixed-length rows split over one or more files
 ("pieces"): a merged `.bin`, Pythia's published shards (a row may straddle two of them), a
 headerless raw `.bin` or the data of a `.npy` (after its header). Two orders are read through
-their own maps instead: GPT-NeoX's index maps over a document-level `.bin/.idx` (`_IndexMaps`)
-and Pythia's data as `train-NNNNNN.parquet` files (`_ParquetOrder`). Local files are
+their own maps instead: GPT-NeoX's index maps over a document-level `.bin/.idx` (`_IndexMaps`),
+Pythia's data as `train-NNNNNN.parquet` files (`_ParquetOrder`) and OLMo's permutation of the
+instances of its token files (`_OlmoOrder`, whose instance filter marks instances the model never
+trained on). Local files are
 memory-mapped and S3 objects are read with byte-range GETs, so a read touches only what it asks
 for.
 """
@@ -24,6 +26,7 @@ from itertools import accumulate, islice
 
 import numpy as np
 
+from vmem import olmo
 from vmem.errors import VmemError
 from vmem.io import mmidx
 from vmem.io.atomic import atomic_path
@@ -67,7 +70,7 @@ def _read_span(pieces: list[_Piece], starts: list[int], first: int, last: int) -
 
 @dataclass(eq=False)
 class Dataset:
-    layout: str  # "merged" | "sharded" | "raw" | "npy" | "index-maps" | "parquet"
+    layout: str  # "merged" | "sharded" | "raw" | "npy" | "index-maps" | "parquet" | "olmo"
     location: str
     files: list[str]
     num_sequences: int
@@ -78,6 +81,10 @@ class Dataset:
     # what reads its rows [start, stop) (never empty).
     order: dict | None = None
     read_order: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False)
+    # An order that records its batch: its sequences per step (else the caller's, Pythia's).
+    sequences_per_step: int | None = None
+    # Rows that this rule marks were in the order but never trained on (OLMo's filter).
+    instance_filter: olmo.InstanceFilter | None = None
 
     def __post_init__(self):
         self._row_bytes = self.seq_len * self.dtype.itemsize
@@ -108,6 +115,8 @@ def open_dataset(path: str | os.PathLike, *, seq_len: int | None = None,
     folder holding it. Every name of a prefix opens the same dataset: merged where `P.bin` lies
     beside `P.idx`, else its shards, read in place."""
     folder, name = split(path, s3_endpoint=s3_endpoint)
+    if name == olmo.ORDER_FILE:
+        return _open_olmo(folder, seq_len, dtype, s3_endpoint)
     if maps := _MAPS.match(name):
         return _open_index_maps(folder, maps["maps"], seq_len, dtype)
     if _PARQUET.match(name):
@@ -128,7 +137,9 @@ def open_dataset(path: str | os.PathLike, *, seq_len: int | None = None,
         if name + ".idx" in listing or name + ".bin" in listing or _shard_sets(listing, name):
             return _open_prefix(folder, name, listing)
         folder = folder.child(name)
-    inside = folder.files()  # a folder: one shard set, one merged pair, maps or parquet files
+    inside = folder.files()  # a folder: one shard set, one merged pair, maps, parquet, OLMo
+    if olmo.ORDER_FILE in inside:
+        return _open_olmo(folder, seq_len, dtype, s3_endpoint)
     maps = sorted({m["maps"] for m in map(_MAPS.match, inside) if m})
     if len(maps) > 1:
         raise VmemError(f"{folder.url}: holds several sets of index maps ({', '.join(maps)}); "
@@ -149,7 +160,7 @@ def open_dataset(path: str | os.PathLike, *, seq_len: int | None = None,
                     f"beside its shards PREFIX-NNNNN-of-LLLLL.bin, e.g. Pythia's document.idx + "
                     f"document-00000-of-00020.bin ...; a FILE.npy of rows; a headerless .bin "
                     f"with --seq-len; GPT-NeoX index maps MAPS_doc_idx.npy ...; or Pythia's "
-                    f"train-NNNNNN.parquet files)")
+                    f"train-NNNNNN.parquet files; or an OLMo order folder from vmem data olmo)")
 
 
 def _shard_sets(listing: dict[str, int], name: str | None = None) -> list[tuple[str, int]]:
@@ -640,6 +651,70 @@ class _ParquetOrder:
         return np.concatenate(parts)
 
 
+def _open_olmo(folder: Location, seq_len: int | None, dtype: str | np.dtype | None,
+               s3_endpoint: str | None) -> Dataset:
+    """OLMo's order (an order folder `vmem data olmo` wrote): slot i is instance
+    global_indices[i], row k of a token file's whole rows; files and permutation checked to be
+    the ones recorded."""
+    where = folder.join(olmo.ORDER_FILE)
+    _no_row_flags(seq_len, dtype, where)
+    order = olmo.read_order(folder)
+    record = order["global_indices"]
+    if record["source"] == "built":
+        indices_folder, indices_name = folder, record["file"]
+    else:
+        indices_folder, indices_name = split(record["file"], s3_endpoint=s3_endpoint)
+    listings = {indices_folder.url: indices_folder.files()}
+    indices_size = listings[indices_folder.url].get(indices_name)
+    if indices_size != record["entries"] * olmo.INDEX_DTYPE.itemsize:
+        raise VmemError(f"{indices_folder.join(indices_name)}: "
+                        f"{'missing' if indices_size is None else f'{indices_size} bytes'}, but "
+                        f"{where} records {record['entries']} uint32 indices; rebuild the order "
+                        f"with vmem data olmo")
+    token_dtype, length = np.dtype(order["dtype"]), int(order["seq_len"])
+    files = []
+    for entry in order["files"]:
+        parent, name = split(entry["path"], s3_endpoint=s3_endpoint)
+        size = listings.setdefault(parent.url, parent.files()).get(name)
+        if size != entry["bytes"]:
+            raise VmemError(f"{entry['path']}: {'missing' if size is None else f'{size} bytes'}"
+                            f", but {where} records {entry['bytes']} (the order was built over "
+                            f"other files)")
+        files.append(_Entries(parent.reader(name), 0, token_dtype, (entry["instances"], length),
+                              parent.remote))
+    indices = _Entries(indices_folder.reader(indices_name), 0, olmo.INDEX_DTYPE,
+                       (record["entries"],), indices_folder.remote)
+    rule = order.get("instance_filter")
+    recorded = {"kind": "olmo", "order_file": where, "seed": record.get("seed", order["seed"]),
+                "epoch": record.get("epoch", order["epoch"]),
+                "global_indices": {k: record[k] for k in ("source", "entries", "sha256")},
+                "config_sha256": order["config_sha256"], "instance_filter": rule}
+    return Dataset("olmo", folder.url, [where, indices_folder.join(indices_name),
+                                        *(e["path"] for e in order["files"])],
+                   record["entries"], length, token_dtype, [], recorded,
+                   _OlmoOrder(indices, files), int(order["sequences_per_step"]),
+                   None if rule is None else olmo.InstanceFilter(**rule))
+
+
+@dataclass(frozen=True)
+class _OlmoOrder:
+    """Rows of OLMo's order: slot i is instance global_indices[i]; instances are numbered
+    through the token files in order, each file's whole rows only."""
+    indices: _Entries
+    files: list[_Entries]
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        instance = self.indices.take(np.arange(start, stop)).astype(np.int64)
+        firsts = np.cumsum([0] + [f.shape[0] for f in self.files])
+        owner = np.searchsorted(firsts, instance, side="right") - 1
+        first = self.files[0]
+        out = np.empty((stop - start, first.shape[1]), dtype=first.dtype)
+        for k in np.unique(owner):
+            mine = owner == k
+            out[mine] = self.files[k].take(instance[mine] - firsts[k])
+        return out
+
+
 # --- training steps ↔ sequence indices -----------------------------------------------------------
 
 def _check_step(step: int, sequences_per_step: int) -> None:
@@ -668,13 +743,25 @@ def step_of(index: int, sequences_per_step: int = SEQUENCES_PER_STEP) -> int:
     return index // sequences_per_step
 
 
+def step_size(dataset: Dataset, given: int | None) -> int:
+    """Sequences per training step: the order's own batch where it records one (a different
+    --sequences-per-step is refused), else `given`, else Pythia's."""
+    own = dataset.sequences_per_step
+    if own is not None and given not in (None, own):
+        raise VmemError(f"--sequences-per-step {given}: {dataset.location} records its training "
+                        f"batch, {own} sequences per step; leave the flag out")
+    return own or given or SEQUENCES_PER_STEP
+
+
 def selected_range(start: int | None, stop: int | None, step: int | None = None,
                    checkpoint: int | None = None,
-                   sequences_per_step: int = SEQUENCES_PER_STEP,
+                   sequences_per_step: int | None = None,
                    available: str = "") -> tuple[int, int]:
     """The index range that --start/--stop, --step or --checkpoint select (not yet checked
-    against a dataset). With --step or --checkpoint, --start/--stop may narrow the range inside
-    it. `available` ends the message that asks for a range."""
+    against a dataset), `sequences_per_step` by default Pythia's. With --step or --checkpoint,
+    --start/--stop may narrow the range inside it. `available` ends the message that asks for a
+    range."""
+    sequences_per_step = sequences_per_step or SEQUENCES_PER_STEP
     if step is not None and checkpoint is not None:
         raise VmemError("give --step or --checkpoint, not both")
     if step is not None or checkpoint is not None:
@@ -699,10 +786,11 @@ def selected_range(start: int | None, stop: int | None, step: int | None = None,
 
 def resolve_range(dataset: Dataset, start: int | None, stop: int | None, step: int | None = None,
                   checkpoint: int | None = None,
-                  sequences_per_step: int = SEQUENCES_PER_STEP) -> tuple[int, int]:
-    """`selected_range`, checked against the dataset."""
+                  sequences_per_step: int | None = None) -> tuple[int, int]:
+    """`selected_range` (steps of `step_size`), checked against the dataset."""
     has = f"sequences [0, {dataset.num_sequences})"
-    start, stop = selected_range(start, stop, step, checkpoint, sequences_per_step,
+    start, stop = selected_range(start, stop, step, checkpoint,
+                                 step_size(dataset, sequences_per_step),
                                  available=f": {dataset.location} has {has}")
     if start < 0 or stop > dataset.num_sequences:
         flag = (f"--step {step}" if step is not None else f"--checkpoint {checkpoint}"
@@ -719,6 +807,14 @@ class Batch:
     indices: np.ndarray  # int64 (n,)
     prompts: np.ndarray  # int64 (n, prompt_len)
     continuations: np.ndarray  # int64 (n, cont_len): the true next tokens
+    trained: np.ndarray | None = None  # bool (n,), where the order's filter marks untrained rows
+
+
+def untrained(dataset: Dataset, rows: np.ndarray) -> np.ndarray | None:
+    """Per row (whole instances of the dataset), whether the order's instance filter kept it out
+    of training; None for an order without one."""
+    rule = dataset.instance_filter
+    return None if rule is None else olmo.masked(rows, rule)
 
 
 def check_window(dataset: Dataset, prompt_len: int, cont_len: int, offset: int) -> None:
@@ -748,9 +844,11 @@ def iter_batches(dataset: Dataset, start: int, stop: int, *, rows: int,
 
     def load(first: int) -> Batch:
         window = dataset._rows(first, min(first + rows, stop))
+        masked = untrained(dataset, window)
         return Batch(np.arange(first, first + len(window), dtype=np.int64),
                      np.array(window[:, offset:offset + prompt_len], dtype=np.int64),
-                     np.array(window[:, offset + prompt_len:end], dtype=np.int64))
+                     np.array(window[:, offset + prompt_len:end], dtype=np.int64),
+                     None if masked is None else ~masked)
 
     return _prefetched(load, range(start, stop, rows), max(1, prefetch))
 
@@ -773,7 +871,8 @@ def _prefetched(load: Callable[[int], Batch], firsts: range, depth: int) -> Iter
 
 # --- what `vmem data info` shows, manifests record and `vmem data dump` writes -------------------
 
-def describe(dataset: Dataset, sequences_per_step: int = SEQUENCES_PER_STEP) -> str:
+def describe(dataset: Dataset, sequences_per_step: int | None = None) -> str:
+    sequences_per_step = step_size(dataset, sequences_per_step)
     _check_step(0, sequences_per_step)
     steps, rest = divmod(dataset.num_sequences, sequences_per_step)
     covered = f"{steps:,} full steps of {sequences_per_step} sequences"
@@ -790,6 +889,10 @@ def describe(dataset: Dataset, sequences_per_step: int = SEQUENCES_PER_STEP) -> 
         seed = dataset.order.get("seed")
         lines.append(f"order      {dataset.order['kind']}"
                      + (f" (seed {seed})" if seed is not None else ""))
+    if dataset.instance_filter is not None:
+        rule = dataset.instance_filter
+        lines.append(f"filter     instances repeating a period of {rule.min_period}-"
+                     f"{rule.max_period} tokens {rule.max_count}+ times were never trained on")
     files = dataset.files
     if len(files) > 5:  # the .idx, the first two shards, the last
         files = [*files[:3], f"... {len(files) - 4} more", files[-1]]

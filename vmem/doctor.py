@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vmem import hardware, pythia
+from vmem import hardware
 from vmem.engines import (
     EngineConfig,
     build_engine,
@@ -57,7 +57,7 @@ class Doctor:
     seq_len: int | None = None
     data_dtype: str | None = None
     s3_endpoint: str | None = None
-    sequences_per_step: int = pythia.SEQUENCES_PER_STEP
+    sequences_per_step: int | None = None  # the order's own, else Pythia's
     tolerance: float | None = None  # absolute log-prob gap; None: TOLERANCE_ULPS of the dtype
 
 

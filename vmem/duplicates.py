@@ -87,7 +87,7 @@ class Counting:
     start: int | None = None
     stop: int | None = None
     checkpoint: int | None = None
-    sequences_per_step: int = SEQUENCES_PER_STEP
+    sequences_per_step: int | None = None  # the order's own, else Pythia's
     offset: int = 0
     prompt_len: int = 32
     cont_len: int = 32

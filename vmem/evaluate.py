@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import vmem
-from vmem import hardware, pythia, quiet
+from vmem import hardware, olmo, pythia, quiet
 from vmem.corpus import check_lengths
 from vmem.data import (
     Dataset,
@@ -35,6 +35,7 @@ from vmem.data import (
     manifest_entry,
     open_dataset,
     resolve_range,
+    step_size,
 )
 from vmem.engines import EngineConfig, build_engine, describe, preflight, resolve
 from vmem.errors import VmemError
@@ -80,7 +81,7 @@ class Evaluation:
     seq_len: int | None = None
     data_dtype: str | None = None
     s3_endpoint: str | None = None
-    sequences_per_step: int = pythia.SEQUENCES_PER_STEP
+    sequences_per_step: int | None = None  # the order's own, else Pythia's
     staging_dir: str | None = None
     params: int | None = None
     progress: bool = True
@@ -127,6 +128,7 @@ def plan(ev: Evaluation) -> Plan:
         raise VmemError(f"--data-parallel {ev.data_parallel}: expected a positive number")
     dataset = open_dataset(ev.data, seq_len=ev.seq_len, dtype=ev.data_dtype,
                            s3_endpoint=ev.s3_endpoint)
+    ev = dataclasses.replace(ev, sequences_per_step=step_size(dataset, ev.sequences_per_step))
     start, stop = resolve_range(dataset, ev.start, ev.stop, checkpoint=ev.checkpoint,
                                 sequences_per_step=ev.sequences_per_step)
     for length in lens:  # before an engine starts
@@ -207,20 +209,27 @@ def _score_slice(p: Plan, engine, todo: list[tuple[int, int]], started: float) -
     # The manifest only once the engine runs: a model that fails to load leaves OUT untouched.
     folder.claim(p.manifest)
     ready = time.time()
-    engine_seconds, scored, memorized = 0.0, 0, 0
+    engine_seconds, scored, memorized, untrained = 0.0, 0, 0, 0
     settings, fp = p.manifest["settings"], p.manifest["fingerprint"]
     names, flag, lens = columns(settings), memorized_column(settings), prompt_lens(settings)
     bar = _progress(ev, hi - lo, hi - lo - remaining)
     for a, b in todo:
         for batch in iter_batches(p.dataset, a, b, rows=ev.chunk_size, prompt_len=lens[-1],
                                   cont_len=ev.cont_len, offset=ev.offset):
+            # Instances the order's filter kept out of training never reach the engine.
+            trained = batch.trained
+            prompts, truth = ((batch.prompts, batch.continuations) if trained is None
+                              else (batch.prompts[trained], batch.continuations[trained]))
             t0 = time.perf_counter()
-            values = _score(engine, ev, lens, batch.prompts, batch.continuations)
+            values = _score(engine, ev, lens, prompts, truth) if len(prompts) else {}
             engine_seconds += time.perf_counter() - t0
             first, last = int(batch.indices[0]), int(batch.indices[-1]) + 1
-            folder.write_score_file(fp, first, last, score_csv(batch.indices, values, names))
-            scored += len(batch.indices)
-            memorized += int(memorized_flags(settings, values[flag]).sum())
+            folder.write_score_file(fp, first, last,
+                                    score_csv(batch.indices, values, names, trained))
+            scored += len(prompts)
+            untrained += len(batch.indices) - len(prompts)
+            if values:
+                memorized += int(memorized_flags(settings, values[flag]).sum())
             if bar is not None:
                 bar.update(len(batch.indices))
     if bar is not None:
@@ -229,6 +238,7 @@ def _score_slice(p: Plan, engine, todo: list[tuple[int, int]], started: float) -
     seconds = finished - ready
     stats = {
         "start": lo, "stop": hi, "scored_now": scored, "memorized_now": memorized,
+        "untrained_now": untrained,
         "started": _iso(started), "finished": _iso(finished),
         "startup_seconds": round(ready - started, 3), "seconds": round(seconds, 3),
         "engine_busy_share": round(engine_seconds / seconds, 4) if seconds > 0 else None,
@@ -239,7 +249,9 @@ def _score_slice(p: Plan, engine, todo: list[tuple[int, int]], started: float) -
     share = memorized / scored if scored else 0.0
     print(f"vmem: scored {scored} sequences of [{lo}, {hi}) in {seconds:.1f} s "
           f"({stats['sequences_per_second'] or 0} seq/s, start-up {ready - started:.1f} s); "
-          f"memorized {memorized} ({share:.4%}); results in {ev.out}", file=sys.stderr)
+          f"memorized {memorized} ({share:.4%})"
+          + (f"; {untrained} instances never trained on (the order's instance filter) left out"
+             if untrained else "") + f"; results in {ev.out}", file=sys.stderr)
     return stats
 
 
@@ -295,11 +307,16 @@ def build_manifest(ev: Evaluation, lens: list[int], config: EngineConfig, reason
         "fingerprint": fingerprint(settings),
         "engine_info": describe(config),
         "choices": reasons,
-        "step": ev.checkpoint if ev.checkpoint is not None
-        else pythia.step_of_revision(config.revision),
+        "step": ev.checkpoint if ev.checkpoint is not None else _step_of(config.revision),
         "params": ev.params or (size.params if size else _local_param_count(config.model)),
         "created": _iso(time.time()),
     }
+
+
+def _step_of(revision: str | None) -> int | None:
+    """The training step a hub revision names: Pythia's `stepN`, OLMo's `stage1-stepN-tokensMB`."""
+    step = pythia.step_of_revision(revision)
+    return olmo.revision_step(revision) if step is None else step
 
 
 def _local_param_count(model: str) -> int | None:

@@ -163,9 +163,24 @@ def verification_values(greedy: np.ndarray, token_logprobs: np.ndarray | None,
     return values
 
 
-def score_csv(indices: np.ndarray, values: dict[str, np.ndarray], names: list[str]) -> bytes:
+def score_csv(indices: np.ndarray, values: dict[str, np.ndarray], names: list[str],
+              trained: np.ndarray | None = None) -> bytes:
     """The rows of one score file, as CSV text: `names` (index first) in order. Floats are
-    written with repr, which round-trips (a score is exact for cont_len a power of two)."""
-    data = [indices.tolist()] + [values[name].tolist() for name in names[1:]]
-    rows = (",".join(map(repr, row)) for row in zip(*data, strict=True))
+    written with repr, which round-trips (a score is exact for cont_len a power of two).
+    With `trained` (an order with an instance filter), `values` hold the trained rows only and
+    an untrained row has empty cells."""
+    if trained is None:
+        data = [indices.tolist()] + [values[name].tolist() for name in names[1:]]
+    else:
+        at = np.flatnonzero(trained)
+        data = [indices.tolist()]
+        for name in names[1:]:
+            if name == TRAINED:
+                data.append(trained.tolist())
+                continue
+            column = [""] * len(indices)
+            for i, value in zip(at.tolist(), values[name].tolist(), strict=True):
+                column[i] = value
+            data.append(column)
+    rows = (",".join(v if v == "" else repr(v) for v in row) for row in zip(*data, strict=True))
     return ("\n".join([",".join(names), *rows]) + "\n").encode()

@@ -10,8 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from vmem import pythia
-from vmem.data import Dataset, check_window
+from vmem.data import Dataset, check_window, step_size, untrained
 from vmem.engines import EngineConfig, build_engine
 from vmem.errors import VmemError
 from vmem.scoring import GENERATE, VERIFY, check_method, leading_run, score_batch
@@ -19,7 +18,7 @@ from vmem.scoring import GENERATE, VERIFY, check_method, leading_run, score_batc
 
 def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
          prompt_len: int = 32, cont_len: int = 32, offset: int = 0, allow_eos: bool = False,
-         sequences_per_step: int = pythia.SEQUENCES_PER_STEP, method: str = GENERATE,
+         sequences_per_step: int | None = None, method: str = GENERATE,
          tokenizer: str | None = None, engine=None) -> str:
     """The report text for `indices`; token ids always, decoded text when a tokenizer loads.
     `engine` lets a caller that already runs one for `engine_config` reuse it (and close it)."""
@@ -29,7 +28,10 @@ def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
             raise VmemError(f"--index {index}: expected 0..{dataset.num_sequences - 1} "
                             f"({dataset.num_sequences} sequences in {dataset.location})")
     check_window(dataset, prompt_len, cont_len, offset)
-    rows = np.stack([dataset.read(i, i + 1)[0] for i in indices]).astype(np.int64)
+    per_step = step_size(dataset, sequences_per_step)
+    rows = np.stack([dataset.read(i, i + 1)[0] for i in indices])
+    masked = untrained(dataset, rows)
+    rows = rows.astype(np.int64)
     prompts = rows[:, offset:offset + prompt_len]
     truth = rows[:, offset + prompt_len:offset + prompt_len + cont_len]
     own = engine is None
@@ -53,7 +55,10 @@ def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
     for k, index in enumerate(indices):
         marked = " ".join(str(g) if g == t else f"[{g}]"
                           for g, t in zip(shown[k], truth[k], strict=True))
-        head = f"sequence {index} (training step {index // sequences_per_step}): "
+        head = f"sequence {index} (training step {index // per_step}"
+        if masked is not None and masked[k]:
+            head += "; never trained on: the order's instance filter masks it"
+        head += "): "
         if method == VERIFY:
             head += ("memorized (the argmax follows the whole true continuation)"
                      if prefix[k] == cont_len else

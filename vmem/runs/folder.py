@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 from vmem.errors import VmemError, first_line
 from vmem.io.location import Location, Output
 from vmem.runs.weights import check_unchanged
-from vmem.scoring import GENERATE, column_type, columns, method
+from vmem.scoring import GENERATE, TRAINED, column_type, columns, method
 
 SCORE_FILE = re.compile(r"^scores-(?P<fp>[0-9a-f]{10})-(?P<start>\d{12})-(?P<stop>\d{12})\.csv$")
 TASK_MARKER = re.compile(r"^task-(?P<start>\d{12})-(?P<stop>\d{12})\.json$")
@@ -93,26 +93,41 @@ def read_score_file(source: str | os.PathLike | bytes, name: str, start: int, st
             index[0] != start or np.any(np.diff(index) != 1))):
         raise DamagedScoreFile(f"score file {name} does not hold exactly the rows [{start}, "
                                f"{stop}) its name claims ({len(index)} rows)")
-    if any(column.null_count for column in table.columns):
+    scored = _trained_rows(table, name) if TRAINED in expected else table
+    if any(column.null_count for column in scored.columns):
         raise DamagedScoreFile(f"score file {name} has empty cells")
-    counts = {c: table[c].to_numpy() for c in expected
+    counts = {c: scored[c].to_numpy() for c in expected
               if c == "matches" or c.startswith("prefix_match")}
     wrong = any(np.any(v < 0) or np.any(v > cont_len) for v in counts.values())
     if method(settings) == GENERATE:
         matches = counts["matches"]
         wrong = wrong or np.any(counts["prefix_match"] > matches) or not np.array_equal(
-            table["score"].to_numpy(), matches / cont_len)
+            scored["score"].to_numpy(), matches / cont_len)
         if "edit_similarity" in expected:  # Levenshtein never exceeds Hamming distance
-            similarity = table["edit_similarity"].to_numpy()
+            similarity = scored["edit_similarity"].to_numpy()
             wrong = wrong or np.any(similarity > 1) or np.any(similarity < matches / cont_len)
     elif "memorized" in expected:
-        wrong = wrong or not np.array_equal(table["memorized"].to_numpy(),
+        wrong = wrong or not np.array_equal(scored["memorized"].to_numpy(),
                                             counts["prefix_match"] == cont_len)
     if wrong:
         raise DamagedScoreFile(f"score file {name} holds values no scoring gives (counts "
                                f"outside 0..{cont_len}, or prefix_match, matches, score and "
                                f"memorized that disagree)")
     return table
+
+
+def _trained_rows(table: pa.Table, name: str) -> pa.Table:
+    """The rows of instances trained on; an untrained row (`trained` False) must hold no
+    values, as it was never scored."""
+    if table[TRAINED].null_count:
+        raise DamagedScoreFile(f"score file {name} has empty cells in {TRAINED}")
+    trained = table[TRAINED].to_numpy()
+    for column in table.column_names:
+        if column not in ("index", TRAINED) and not np.array_equal(
+                table[column].is_null().to_numpy(), ~trained):
+            raise DamagedScoreFile(f"score file {name}: {column} must be empty exactly in the "
+                                   f"rows of instances never trained on ({TRAINED} false)")
+    return table.filter(pa.array(trained))
 
 
 def first_difference(old: dict, new: dict, prefix: str = "") -> str | None:

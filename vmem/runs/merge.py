@@ -34,6 +34,7 @@ from vmem.runs.folder import (
 )
 from vmem.scoring import (
     GENERATE,
+    TRAINED,
     column_type,
     columns,
     memorized_column,
@@ -72,10 +73,16 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
             _write(run, files, settings, tmp, kind)
         merged = dict(manifest, merged_from=run, rows=settings["stop"] - settings["start"],
                       timing=_timing(folder))
+        if TRAINED in table:
+            merged["untrained"] = int(np.count_nonzero(~table[TRAINED]))
     target.parent.put_bytes(manifest_beside(target.name), json_bytes(merged))
     memorized = int(memorized_flags(settings, table[memorized_column(settings)]).sum())
+    untrained = merged.get("untrained", 0)
+    trained = merged["rows"] - untrained
     print(f"vmem: merged {len(files)} score files, {merged['rows']} rows into {output}; "
-          f"memorized {memorized} ({memorized / max(merged['rows'], 1):.4%})", file=sys.stderr)
+          f"memorized {memorized} ({memorized / max(trained, 1):.4%})"
+          + (f"; {untrained} instances never trained on (the order's instance filter)"
+             if untrained else ""), file=sys.stderr)
     return merged
 
 
@@ -161,7 +168,12 @@ def _load(run: str, files: ScoreFiles, settings: dict) -> dict[str, np.ndarray]:
         for name in arrays:
             if name == "seen":
                 continue
-            values = table[name].to_numpy().astype(arrays[name].dtype)
+            # An untrained row's empty cells (see read_score_file) are compared as zeros.
+            column = table[name]
+            if column.null_count:
+                column = column.fill_null(False if pa.types.is_boolean(column.type) else 0)
+            values = column.to_numpy()
+            values = values.astype(arrays[name].dtype)
             target = arrays[name][window]
             clash = seen & (target != values)
             if clash.any():
