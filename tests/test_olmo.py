@@ -374,6 +374,11 @@ def test_the_order_reads_token_files_on_s3(tmp_path, s3_server, s3_client, s3_bu
     config = write_config(tmp_path / "run.yaml", urls, seed=4)
     build_order(config, str(tmp_path / "order"), root=f"s3://{s3_bucket}/olmo",
                 s3_endpoint=s3_server)
+    want = reference_rows(root, urls, _olmo_order(count, 4, 0, 1, True))
     dataset = open_dataset(str(tmp_path / "order"), s3_endpoint=s3_server)
-    assert np.array_equal(dataset.read(3, 17),
-                          reference_rows(root, urls, _olmo_order(count, 4, 0, 1, True))[3:17])
+    assert np.array_equal(dataset.read(3, 17), want[3:17])
+    for path in (tmp_path / "order").iterdir():  # the order folder itself on S3
+        s3_client.put_object(Bucket=s3_bucket, Key=f"orders/tiny/{path.name}",
+                             Body=path.read_bytes())
+    remote = open_dataset(f"s3://{s3_bucket}/orders/tiny", s3_endpoint=s3_server)
+    assert remote.layout == "olmo" and np.array_equal(remote.read(0, count), want)

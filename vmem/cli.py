@@ -485,7 +485,8 @@ def import_command(args: argparse.Namespace) -> None:
     from vmem.pythia import SEQUENCES_PER_STEP
     from vmem.study.released import check_request, import_released
 
-    per_step = args.sequences_per_step or SEQUENCES_PER_STEP  # Pythia's lists
+    per_step = (SEQUENCES_PER_STEP if args.sequences_per_step is None  # Pythia's lists
+                else args.sequences_per_step)
     check_request(args.step, per_step, args.output, s3_endpoint=args.s3_endpoint)
     data = None if args.data is None else _dataset(args, args.data)
     import_released(args.source, model=args.model, step=args.step, out=args.output, data=data,

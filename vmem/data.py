@@ -750,7 +750,9 @@ def step_size(dataset: Dataset, given: int | None) -> int:
     if own is not None and given not in (None, own):
         raise VmemError(f"--sequences-per-step {given}: {dataset.location} records its training "
                         f"batch, {own} sequences per step; leave the flag out")
-    return own or given or SEQUENCES_PER_STEP
+    if own is not None:
+        return own
+    return SEQUENCES_PER_STEP if given is None else given
 
 
 def selected_range(start: int | None, stop: int | None, step: int | None = None,
@@ -761,7 +763,8 @@ def selected_range(start: int | None, stop: int | None, step: int | None = None,
     against a dataset), `sequences_per_step` by default Pythia's. With --step or --checkpoint,
     --start/--stop may narrow the range inside it. `available` ends the message that asks for a
     range."""
-    sequences_per_step = sequences_per_step or SEQUENCES_PER_STEP
+    if sequences_per_step is None:
+        sequences_per_step = SEQUENCES_PER_STEP
     if step is not None and checkpoint is not None:
         raise VmemError("give --step or --checkpoint, not both")
     if step is not None or checkpoint is not None:
