@@ -84,7 +84,21 @@ def masked(rows: np.ndarray, rule: InstanceFilter = InstanceFilter()) -> np.ndar
     rows = np.asarray(rows)
     out = np.zeros(len(rows), dtype=bool)
     for first in range(0, len(rows), FILTER_ROWS):  # bounds the temporaries of long instances
-        out[first:first + FILTER_ROWS] = _masked_block(rows[first:first + FILTER_ROWS], rule)
+        block = rows[first:first + FILTER_ROWS]
+        candidates = np.flatnonzero(_may_repeat(block, rule))
+        out[first + candidates] = _masked_block(block[candidates], rule)
+    return out
+
+
+def _may_repeat(rows: np.ndarray, rule: InstanceFilter) -> np.ndarray:
+    """Per row, whether some period could repeat often enough: r whole rows of p tokens equal
+    to the rows before them need r · p tokens equal to the token p before, and the count needs
+    r >= count - 2 (see `_masked_block`). Few rows of real text pass; only they are counted."""
+    length = rows.shape[1]
+    need = max(rule.max_count, 3) - 2
+    out = np.zeros(len(rows), dtype=bool)
+    for period in range(rule.min_period, min(rule.max_period, length // 3) + 1):
+        out |= np.count_nonzero(rows[:, period:] == rows[:, :-period], axis=1) >= need * period
     return out
 
 
