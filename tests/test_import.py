@@ -19,7 +19,7 @@ from tests.models import EOS_SEQUENCE, MEMORIZED
 from tests.test_evaluate import run
 from vmem.cli import main
 from vmem.corpus import check_lengths
-from vmem.data import open_dataset
+from vmem.data import open_dataset, resolve_range
 from vmem.demo.corpus import EOS_TOKEN, save_tokenizer, train_tokenizer
 from vmem.errors import VmemError
 
@@ -85,7 +85,13 @@ def test_npy_rows_round_trip_with_their_checksums(tmp_path):
                                 "sha256": sha256(source)}]
     assert (made["packing"], made["seq_len"], made["num_sequences"], made["dtype"],
             made["sequences_per_step"]) == ("rows", 17, 23, "uint16", 4)
-    assert open_dataset(prefix).dtype == np.uint16
+    dataset = open_dataset(prefix)
+    assert dataset.dtype == np.uint16
+    # The recorded batch is the order's: --checkpoint 3 is the rows steps 0..2 trained on.
+    assert resolve_range(dataset, None, None, checkpoint=3) == (0, 12)
+    assert resolve_range(dataset, None, None, checkpoint=3, sequences_per_step=4) == (0, 12)
+    with pytest.raises(VmemError, match="records its training batch, 4 sequences per step"):
+        resolve_range(dataset, None, None, checkpoint=3, sequences_per_step=8)
 
 
 def test_raw_bins_round_trip_one_after_the_other(tmp_path):

@@ -83,6 +83,7 @@ def test_instance_filter_masks_exactly_what_olmos_code_masks():
     expected = np.array([_olmo_masks(row) for row in rows])
     assert 0 < expected.sum() < len(rows)  # both kinds present
     assert (olmo.masked(rows) == expected).all()
+    assert not olmo.masked(rows[~expected]).any() and olmo.masked(rows[:0]).size == 0
 
 
 def test_instance_filter_follows_the_configured_rule_and_short_rows():

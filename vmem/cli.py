@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--pad-id", type=int, default=None,
                      help="pad id for --packing document (default the tokenizer's)")
     imp.add_argument("--sequences-per-step", type=int, default=None,
-                     help="sequences per training step, recorded in the manifest (give it to "
-                          "vmem evaluate as well)")
+                     help="sequences per training step, recorded in the manifest: the "
+                          "dataset's --checkpoint N is then the rows [0, N * this)")
 
     ol = data_sub.add_parser("olmo", parents=[common],
                              help="OLMo's training order from its training config → an order "

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vmem.data import MANIFEST_SUFFIX
 from vmem.errors import VmemError, first_line
 from vmem.io import mmidx
 from vmem.io.atomic import atomic_path
 from vmem.io.checksum import sha256_of
 from vmem.io.location import is_s3, split
-from vmem.runs.merge import MANIFEST_SUFFIX
 
 PACKINGS = ("concat", "document")
 ROW_SUFFIXES = (".npy", ".bin", ".idx")

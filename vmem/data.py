@@ -15,6 +15,7 @@ for.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import threading
@@ -36,6 +37,9 @@ from vmem.pythia import SEQUENCES_PER_STEP
 RAW_SEQ_LEN = 2049  # Pythia's rows: 2048 inputs + 1 shifted target
 RAW_DTYPE = "uint16"
 DUMP_ROWS = 4096  # rows copied at a time by `vmem data dump`
+# What a file was made from, beside it: an imported dataset's PREFIX.manifest.json (its
+# sequences per step is its order's batch), a merged run's NAME.manifest.json.
+MANIFEST_SUFFIX = ".manifest.json"
 NPY_HEAD_BYTES = 16384  # a .npy's header is read in one request: numpy's limit is 10000 bytes
 
 _SHARD = re.compile(r"^(?P<name>.+)-(?P<number>\d{5})-of-(?P<last>\d{5})\.bin$")
@@ -218,7 +222,26 @@ def _open_merged(folder: Location, name: str, listing: dict[str, int],
                         f"{index.dtype.itemsize} bytes = {index.data_bytes} bytes{hint}")
     return Dataset("merged", folder.join(name), [idx_path, bin_path],
                    index.num_sequences, index.seq_len, index.dtype,
-                   [_Piece(bin_path, size, folder.reader(bin_name))])
+                   [_Piece(bin_path, size, folder.reader(bin_name))],
+                   sequences_per_step=_imported_step_size(folder, name, listing))
+
+
+def _imported_step_size(folder: Location, name: str, listing: dict[str, int]) -> int | None:
+    """The sequences per step `vmem data import --sequences-per-step` recorded beside the
+    dataset, if it did."""
+    if name + MANIFEST_SUFFIX not in listing:
+        return None
+    where = folder.join(name + MANIFEST_SUFFIX)
+    try:
+        manifest = json.loads(folder.read_bytes(name + MANIFEST_SUFFIX))
+        recorded = manifest.get("sequences_per_step") if manifest.get("kind") == "import" \
+            else None
+    except (ValueError, AttributeError):
+        raise VmemError(f"{where}: not a manifest of vmem data import (remove it, or import "
+                        f"again)") from None
+    if recorded is not None and (not isinstance(recorded, int) or recorded <= 0):
+        raise VmemError(f"{where}: sequences_per_step {recorded!r} is not a positive number")
+    return recorded
 
 
 def _open_sharded(folder: Location, name: str, last: int, listing: dict[str, int]) -> Dataset:

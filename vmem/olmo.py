@@ -86,7 +86,8 @@ def masked(rows: np.ndarray, rule: InstanceFilter = InstanceFilter()) -> np.ndar
     for first in range(0, len(rows), FILTER_ROWS):  # bounds the temporaries of long instances
         block = rows[first:first + FILTER_ROWS]
         candidates = np.flatnonzero(_may_repeat(block, rule))
-        out[first + candidates] = _masked_block(block[candidates], rule)
+        if candidates.size:
+            out[first + candidates] = _masked_block(block[candidates], rule)
     return out
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from vmem.data import MANIFEST_SUFFIX
 from vmem.errors import VmemError
 from vmem.io.location import Location, Output
 from vmem.runs.folder import (
@@ -44,8 +45,6 @@ from vmem.scoring import (
     schema,
 )
 
-# A merged run is NAME.parquet (or NAME.csv) with the run's manifest beside it in this file.
-MANIFEST_SUFFIX = ".manifest.json"
 ScoreFiles = list[tuple[int, int, Path]]  # (start, stop, local path), sorted
 
 
@@ -87,7 +86,8 @@ def merge_run(run: str, output: str, *, s3_endpoint: str | None = None) -> dict:
 
 
 def manifest_beside(table: str) -> str:
-    """`runs/x.parquet` → `runs/x.manifest.json` (also for s3:// URLs)."""
+    """A merged run is NAME.parquet (or NAME.csv) with the run's manifest beside it:
+    `runs/x.parquet` → `runs/x.manifest.json` (also for s3:// URLs)."""
     return table.rsplit(".", 1)[0] + MANIFEST_SUFFIX
 
 
