@@ -181,6 +181,15 @@ def test_text_one_per_row_records_lengths_and_padding_is_refused(tmp_path, token
                              "--cont-len", "4", "--out", str(tmp_path / "run")])
     assert f"row {short} has {lengths[short]}" in err and "padding is never scored" in err
     assert not (tmp_path / "run").exists()
+    # So do a spot check of that row and counting its windows' duplicates.
+    err = cli_error(capsys, ["spot", "--model", "no-such-model", "--data", str(prefix),
+                             "--index", str(short), "--prompt-len", "4", "--cont-len", "4"])
+    assert f"row {short} has {lengths[short]}" in err
+    err = cli_error(capsys, ["duplicates", "--data", str(prefix), "--start", "0", "--stop",
+                             str(len(TEXTS)), "--prompt-len", "4", "--cont-len", "4", "--index",
+                             str(tmp_path / "index"), "-o", str(tmp_path / "dup.parquet")])
+    assert f"row {short} has {lengths[short]}" in err
+    assert not (tmp_path / "dup.parquet").exists() and not (tmp_path / "index").exists()
     full = np.flatnonzero(lengths == seq_len)
     check_lengths(dataset, int(full[0]), int(full[0]) + 1, seq_len)  # a full row is fine
     with pytest.raises(VmemError):
