@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="a corpus of your own (token rows, token id lists or text) → "
                                    "a dataset in training order, with a manifest")
     imp.add_argument("sources", nargs="+", metavar="SOURCE",
-                     help="local files in training order, all of one kind: .npy or .bin of "
-                          "token rows; .parquet or .jsonl of token id lists; .jsonl of text "
-                          "(with --tokenizer)")
+                     help="files (local or s3://) in training order, all of one kind: .npy "
+                          "or .bin of token rows; .parquet or .jsonl of token id lists; .jsonl "
+                          "of text (with --tokenizer)")
     imp.add_argument("-o", "--output", required=True,
                      help="PREFIX: writes PREFIX.bin, PREFIX.idx, PREFIX.manifest.json (and "
                           "PREFIX.lengths.npy with --packing document)")
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "tokenizer's); with document, appended to each if given")
     imp.add_argument("--pad-id", type=int, default=None,
                      help="pad id for --packing document (default the tokenizer's)")
+    _add_s3_endpoint(imp)
     imp.add_argument("--sequences-per-step", type=int, default=None,
                      help="sequences per training step, recorded in the manifest: the "
                           "dataset's --checkpoint N is then the rows [0, N * this)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -118,18 +119,27 @@ def read_index(read: ReadBytes, size: int, where: str, *, every_entry: bool = Tr
     return index
 
 
-def index_bytes(num_sequences: int, seq_len: int, dtype: np.dtype) -> bytes:
-    """The `.idx` of `num_sequences` back-to-back sequences of `seq_len` tokens."""
+def index_blocks(num_sequences: int, seq_len: int, dtype: np.dtype) -> Iterator[bytes]:
+    """The `.idx` of `num_sequences` back-to-back sequences of `seq_len` tokens, in pieces of at
+    most ENTRIES_PER_BLOCK entries (an index of any size is written in bounded memory)."""
     dtype = np.dtype(dtype)
     if dtype not in CODES:
         raise VmemError(f"token dtype {dtype} is not one the .idx format can name "
                         f"(expected one of {', '.join(str(d) for d in DTYPES.values())})")
     n = num_sequences
-    sizes = np.full(n, seq_len, dtype="<i4")
-    pointers = np.arange(n, dtype="<i8") * (seq_len * dtype.itemsize)
-    documents = np.arange(n + 1, dtype="<i8")  # one document per sequence, as Megatron writes
-    header = HEADER.pack(MAGIC, VERSION, CODES[dtype], n, n + 1)
-    return header + sizes.tobytes() + pointers.tobytes() + documents.tobytes()
+    yield HEADER.pack(MAGIC, VERSION, CODES[dtype], n, n + 1)
+    for first in range(0, n, ENTRIES_PER_BLOCK):
+        yield np.full(min(ENTRIES_PER_BLOCK, n - first), seq_len, dtype="<i4").tobytes()
+    for first in range(0, n, ENTRIES_PER_BLOCK):
+        stop = min(first + ENTRIES_PER_BLOCK, n)
+        yield (np.arange(first, stop, dtype="<i8") * (seq_len * dtype.itemsize)).tobytes()
+    for first in range(0, n + 1, ENTRIES_PER_BLOCK):  # one document per sequence, as Megatron
+        yield np.arange(first, min(first + ENTRIES_PER_BLOCK, n + 1), dtype="<i8").tobytes()
+
+
+def index_bytes(num_sequences: int, seq_len: int, dtype: np.dtype) -> bytes:
+    """The `.idx` of `num_sequences` back-to-back sequences of `seq_len` tokens."""
+    return b"".join(index_blocks(num_sequences, seq_len, dtype))
 
 
 def _checked_rows(rows: np.ndarray) -> np.ndarray:
