@@ -17,11 +17,14 @@ import pytest
 from tests.cli import cli_error
 from tests.models import EOS_SEQUENCE, MEMORIZED
 from tests.test_evaluate import run
+from tests.test_failures import small_disk  # noqa: F401 (the tmpfs fixture)
+from vmem import corpus
 from vmem.cli import main
 from vmem.corpus import check_lengths
 from vmem.data import open_dataset, resolve_range
 from vmem.demo.corpus import EOS_TOKEN, save_tokenizer, train_tokenizer
 from vmem.errors import VmemError
+from vmem.io import mmidx
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -263,6 +266,174 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, tokenizer, capsys):
         assert "expected a local prefix" in cli_error(capsys, ["data", "import", str(good),
                                                                "-o", prefix])
     assert os.listdir(out) == []
+
+
+def test_a_corpus_the_disk_cannot_hold_is_one_line_and_leaves_nothing(tmp_path, capsys,
+                                                                     small_disk):  # noqa: F811
+    rows = np.random.default_rng(4).integers(0, 50_000, size=(40, 500))  # 80 KB as int32
+    source = write_jsonl(tmp_path / "rows.jsonl", [{"token_ids": r} for r in rows.tolist()])
+    err = cli_error(capsys, ["data", "import", str(source), "-o", str(small_disk / "new" / "c")])
+    assert "no space left on its disk" in err and "nothing was written" in err
+    assert os.listdir(small_disk) == []
+
+
+# --- a corpus larger than a chunk -----------------------------------------------------------------
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks far smaller than the corpora below, so that every chunk boundary (rows read,
+    documents gathered, texts tokenized, bytes read, ids narrowed, index entries) falls inside
+    documents and rows."""
+    for name, value in (("CHUNK_TOKENS", 16), ("CHUNK_DOCUMENTS", 3), ("TOKENIZE_BATCH", 2),
+                        ("READ_BYTES", 10)):
+        monkeypatch.setattr(corpus, name, value)
+    monkeypatch.setattr(mmidx, "ENTRIES_PER_BLOCK", 4)
+
+
+def documents(high: int, count: int = 19) -> list[list[int]]:
+    """Token id lists of 0 to 15 tokens (a row is cut at 7 below: some are longer)."""
+    rng = np.random.default_rng(high)
+    return [rng.integers(1, high, size=rng.integers(0, 16)).tolist() for _ in range(count)]
+
+
+def packed(docs: list[list[int]], packing: str, seq_len: int, eos: int | None,
+           pad: int | None) -> tuple[np.ndarray, list[int] | None, int, int]:
+    """(rows, true lengths, dropped tokens, cut documents) as the training packs them."""
+    if packing == "concat":
+        stream = [t for d in docs for t in [*d, eos]]
+        n = len(stream) // seq_len
+        rows = np.array(stream[:n * seq_len]).reshape(n, seq_len)
+        return rows, None, len(stream) - n * seq_len, 0
+    ends = [[*d, eos] if eos is not None else d for d in docs]
+    rows = np.array([[*d[:seq_len], *[pad] * (seq_len - len(d[:seq_len]))] for d in ends])
+    return rows, [min(len(d), seq_len) for d in ends], 0, sum(len(d) > seq_len for d in ends)
+
+
+def the_dataset(prefix: Path, tmp_path: Path, rows: np.ndarray) -> dict:
+    """The dataset at `prefix` holds `rows` in the narrowest dtype they fit; its manifest."""
+    dtype = np.uint16 if rows.max() <= np.iinfo(np.uint16).max else np.int32
+    assert Path(str(prefix) + ".bin").read_bytes() == rows.astype(dtype).tobytes()
+    assert open_dataset(prefix).dtype == dtype
+    np.testing.assert_array_equal(dumped(prefix, tmp_path), rows)
+    made = manifest(prefix)
+    assert (made["seq_len"], made["num_sequences"], made["dtype"]) == (
+        rows.shape[1], rows.shape[0], np.dtype(dtype).name)
+    return made
+
+
+@pytest.mark.parametrize("high", [300, 70_000])  # narrowed to uint16, or kept as int32
+@pytest.mark.parametrize("packing", ["concat", "document"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_token_lists_larger_than_a_chunk(tmp_path, small_chunks, high, packing, suffix):
+    docs = documents(high)
+    halves = docs[:11], docs[11:]
+    sources = [tmp_path / f"part-{k}{suffix}" for k in range(2)]
+    for source, half in zip(sources, halves, strict=True):
+        if suffix == ".jsonl":
+            write_jsonl(source, [{"token_ids": d} for d in half])
+        else:
+            pq.write_table(pa.table({"token_ids": pa.array(half, type=pa.list_(pa.int64()))}),
+                           source, row_group_size=4)
+    prefix = tmp_path / "corpus"
+    assert import_(*sources, "--packing", packing, "--seq-len", 7, "--eos-id", 5, "--pad-id", 0,
+                   "-o", prefix) == 0
+    rows, lengths, dropped, cut = packed(docs, packing, 7, 5, 0)  # --eos-id ends each document
+    made = the_dataset(prefix, tmp_path, rows)
+    assert (made["dropped_tokens"], made["truncated_documents"]) == (dropped, cut)
+    assert [s["sha256"] for s in made["sources"]] == [sha256(s) for s in sources]
+    if lengths is not None:
+        np.testing.assert_array_equal(np.load(str(prefix) + ".lengths.npy"), lengths)
+
+
+def test_equal_token_lists_larger_than_a_chunk(tmp_path, small_chunks):
+    rows = np.random.default_rng(5).integers(0, 40_000, size=(13, 7))
+    source = write_jsonl(tmp_path / "rows.jsonl", [{"token_ids": r} for r in rows.tolist()])
+    prefix = tmp_path / "corpus"
+    assert import_(source, "-o", prefix) == 0
+    the_dataset(prefix, tmp_path, rows)
+    ragged = write_jsonl(tmp_path / "ragged.jsonl",
+                         [{"token_ids": r} for r in [*rows.tolist(), [1, 2]]])
+    with pytest.raises(VmemError, match="row 13 has 2 tokens, row 0 has 7"):
+        corpus.import_corpus(corpus.Import([str(ragged)], str(tmp_path / "other")))
+    assert sorted(os.listdir(tmp_path)) == ["corpus.bin", "corpus.idx", "corpus.manifest.json",
+                                            "dump.npy", "ragged.jsonl", "rows.jsonl"]
+
+
+@pytest.mark.parametrize("packing", ["concat", "document"])
+def test_text_larger_than_a_chunk(tmp_path, small_chunks, tokenizer, packing):
+    trained, folder = tokenizer
+    texts = TEXTS * 3
+    source = write_jsonl(tmp_path / "text.jsonl", [{"text": t} for t in texts])
+    prefix = tmp_path / "corpus"
+    assert import_(source, "--tokenizer", folder, "--packing", packing, "--seq-len", 7,
+                   "--pad-id", 1, "-o", prefix) == 0
+    eos = trained.token_to_id(EOS_TOKEN) if packing == "concat" else None
+    rows, lengths, dropped, cut = packed([trained.encode(t).ids for t in texts], packing, 7, eos, 1)
+    made = the_dataset(prefix, tmp_path, rows)
+    assert (made["dropped_tokens"], made["truncated_documents"]) == (dropped, cut)
+    if lengths is not None:
+        np.testing.assert_array_equal(np.load(str(prefix) + ".lengths.npy"), lengths)
+
+
+@pytest.mark.parametrize("high", [300, 70_000])
+def test_rows_larger_than_a_chunk(tmp_path, small_chunks, high):
+    """A .npy, a raw .bin and Pythia's shards (rows straddling shards) one after the other; each
+    file's checksum is the one of its bytes."""
+    rows = np.random.default_rng(high).integers(0, high, size=(31, 7))
+    np.save(tmp_path / "rows.npy", rows[:9])
+    rows[9:17].astype(np.int32).tofile(tmp_path / "raw.bin")
+    shards = mmidx.write_sharded(tmp_path / "shards", rows[17:].astype(np.int32), shard_bytes=50)
+    sources = [tmp_path / "rows.npy", tmp_path / "shards" / "document.idx"]
+    prefix = tmp_path / "corpus"
+    assert import_(sources[0], "-o", prefix) == 0  # one source alone reads as it is
+    the_dataset(prefix, tmp_path, rows[:9])
+    assert import_(tmp_path / "raw.bin", "--seq-len", 7, "--data-dtype", "int32", "-o",
+                   tmp_path / "raw") == 0
+    the_dataset(tmp_path / "raw", tmp_path, rows[9:17])
+    assert import_(*sources, "-o", prefix) == 0
+    made = the_dataset(prefix, tmp_path, np.concatenate([rows[:9], rows[17:]]))
+    files = [sources[0], sources[1], *map(Path, shards)]
+    assert made["sources"] == [{"path": str(f), "bytes": f.stat().st_size, "sha256": sha256(f)}
+                               for f in files]
+
+
+# --- sources on S3 --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["rows.npy", "docs.parquet", "docs.jsonl"])
+def test_a_source_on_s3_imports_as_the_local_file_does(tmp_path, monkeypatch, small_chunks,
+                                                        s3_server, s3_client, s3_bucket, name):
+    monkeypatch.setattr(corpus, "READ_BYTES", 256)  # several ranged reads, not hundreds
+    docs = documents(70_000, count=12)
+    local = tmp_path / name
+    if name == "rows.npy":
+        np.save(local, np.array([(d * 16)[:9] for d in docs if d]))
+        packing = []
+    elif name == "docs.parquet":
+        pq.write_table(pa.table({"token_ids": pa.array(docs, type=pa.list_(pa.int64()))}), local,
+                       row_group_size=5)
+        packing = ["--packing", "concat", "--seq-len", 6, "--eos-id", 0]
+    else:
+        write_jsonl(local, [{"token_ids": d} for d in docs])
+        packing = ["--packing", "document", "--seq-len", 6, "--pad-id", 0]
+    s3_client.upload_file(str(local), s3_bucket, f"corpus/{name}")
+    url = f"s3://{s3_bucket}/corpus/{name}"
+    assert import_(local, *packing, "-o", tmp_path / "local") == 0
+    assert import_(url, *packing, "--s3-endpoint", s3_server, "-o", tmp_path / "remote") == 0
+    for suffix in (".bin", ".idx", *([".lengths.npy"] if "document" in packing else [])):
+        assert (Path(f"{tmp_path}/remote{suffix}").read_bytes()
+                == Path(f"{tmp_path}/local{suffix}").read_bytes()), suffix
+    assert manifest(tmp_path / "remote")["sources"] == [
+        {"path": url, "bytes": local.stat().st_size, "sha256": sha256(local)}]
+
+
+def test_s3_sources_and_outputs_that_cannot_be(tmp_path, capsys, s3_server, s3_bucket):
+    source = write_jsonl(tmp_path / "docs.jsonl", [{"token_ids": [1, 2]}])
+    err = cli_error(capsys, ["data", "import", f"s3://{s3_bucket}/none.jsonl", "--s3-endpoint",
+                             s3_server, "-o", str(tmp_path / "corpus")])
+    assert err.endswith(f"s3://{s3_bucket}/none.jsonl: no such file")
+    err = cli_error(capsys, ["data", "import", str(source), "-o", f"s3://{s3_bucket}/corpus"])
+    assert "expected a local prefix (vmem data import writes local files" in err
+    assert sorted(os.listdir(tmp_path)) == ["docs.jsonl"]
 
 
 # --- an import is evaluated like any dataset ------------------------------------------------------
