@@ -399,15 +399,18 @@ def test_rows_larger_than_a_chunk(tmp_path, small_chunks, high):
 
 # --- sources on S3 --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["rows.npy", "docs.parquet", "docs.jsonl"])
+@pytest.mark.parametrize("name", ["rows.npy", "merged.idx", "docs.parquet", "docs.jsonl"])
 def test_a_source_on_s3_imports_as_the_local_file_does(tmp_path, monkeypatch, small_chunks,
                                                         s3_server, s3_client, s3_bucket, name):
     monkeypatch.setattr(corpus, "READ_BYTES", 256)  # several ranged reads, not hundreds
     docs = documents(70_000, count=12)
     local = tmp_path / name
+    rows = np.array([(d * 16)[:9] for d in docs if d])
+    packing = []
     if name == "rows.npy":
-        np.save(local, np.array([(d * 16)[:9] for d in docs if d]))
-        packing = []
+        np.save(local, rows)
+    elif name == "merged.idx":  # the .bin is hashed from the rows read, the .idx read whole
+        mmidx.write_merged(tmp_path / "merged", rows.astype(np.int32))
     elif name == "docs.parquet":
         pq.write_table(pa.table({"token_ids": pa.array(docs, type=pa.list_(pa.int64()))}), local,
                        row_group_size=5)
@@ -415,7 +418,9 @@ def test_a_source_on_s3_imports_as_the_local_file_does(tmp_path, monkeypatch, sm
     else:
         write_jsonl(local, [{"token_ids": d} for d in docs])
         packing = ["--packing", "document", "--seq-len", 6, "--pad-id", 0]
-    s3_client.upload_file(str(local), s3_bucket, f"corpus/{name}")
+    files = [local, *([tmp_path / "merged.bin"] if name == "merged.idx" else [])]
+    for path in files:
+        s3_client.upload_file(str(path), s3_bucket, f"corpus/{path.name}")
     url = f"s3://{s3_bucket}/corpus/{name}"
     assert import_(local, *packing, "-o", tmp_path / "local") == 0
     assert import_(url, *packing, "--s3-endpoint", s3_server, "-o", tmp_path / "remote") == 0
@@ -423,7 +428,8 @@ def test_a_source_on_s3_imports_as_the_local_file_does(tmp_path, monkeypatch, sm
         assert (Path(f"{tmp_path}/remote{suffix}").read_bytes()
                 == Path(f"{tmp_path}/local{suffix}").read_bytes()), suffix
     assert manifest(tmp_path / "remote")["sources"] == [
-        {"path": url, "bytes": local.stat().st_size, "sha256": sha256(local)}]
+        {"path": f"s3://{s3_bucket}/corpus/{path.name}", "bytes": path.stat().st_size,
+         "sha256": sha256(path)} for path in files]
 
 
 def test_s3_sources_and_outputs_that_cannot_be(tmp_path, capsys, s3_server, s3_bucket):
@@ -432,7 +438,9 @@ def test_s3_sources_and_outputs_that_cannot_be(tmp_path, capsys, s3_server, s3_b
                              s3_server, "-o", str(tmp_path / "corpus")])
     assert err.endswith(f"s3://{s3_bucket}/none.jsonl: no such file")
     err = cli_error(capsys, ["data", "import", str(source), "-o", f"s3://{s3_bucket}/corpus"])
-    assert "expected a local prefix (vmem data import writes local files" in err
+    assert "expected a local path (vmem data import writes local files" in err
+    err = cli_error(capsys, ["data", "import", str(source), "-o", "/proc/no-such-folder/corpus"])
+    assert "-o /proc/no-such-folder/corpus: cannot write there" in err
     assert sorted(os.listdir(tmp_path)) == ["docs.jsonl"]
 
 

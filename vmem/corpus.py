@@ -33,7 +33,7 @@ from vmem.errors import VmemError, first_line
 from vmem.io import mmidx
 from vmem.io.atomic import atomic_path
 from vmem.io.checksum import sha256_of
-from vmem.io.location import is_s3, split
+from vmem.io.location import Output, is_s3, split
 
 PACKINGS = ("concat", "document")
 ROW_SUFFIXES = (".npy", ".bin", ".idx")
@@ -100,11 +100,10 @@ def import_corpus(imp: Import) -> dict:
         pad = _id_or_tokenizers(imp.pad_id, tokenizer, "pad_token_id",
                                 "--packing document: pads each row; give --pad-id (the id the "
                                 "training padded with; it is never scored)")
-    datasets = _row_datasets(imp) if kind == "rows" else []
     sources: list[dict] = []  # each source file's manifest entry, made as it is read through
     tally = {"dropped_tokens": 0, "truncated_documents": 0}
     if kind == "rows":
-        blocks = ((rows, None) for dataset in datasets
+        blocks = ((rows, None) for dataset in _row_datasets(imp)
                   for rows in _dataset_rows(dataset, tokenizer, imp, sources))
     else:
         docs = _documents(imp, tokenizer, sources)
@@ -145,12 +144,12 @@ def _check_request(imp: Import) -> None:
         raise VmemError("SOURCE: give at least one file to import")
     for path in imp.sources:
         _size(path, imp.s3_endpoint)
-    if is_s3(imp.output):
-        raise VmemError(f"-o {imp.output}: expected a local prefix (vmem data import writes "
-                        f"local files; copy them to S3 afterwards)")
-    if imp.output.endswith((*ROW_SUFFIXES, ".json")) or not os.path.basename(imp.output):
+    if not is_s3(imp.output) and (imp.output.endswith((*ROW_SUFFIXES, ".json"))
+                                  or not os.path.basename(imp.output)):
         raise VmemError(f"-o {imp.output}: expected a local prefix (PREFIX writes PREFIX.bin, "
                         f"PREFIX.idx and PREFIX.manifest.json)")
+    Output(imp.output, local_only="vmem data import writes local files; copy them to S3 "
+                                  "afterwards").check()
     if imp.packing is not None and imp.packing not in PACKINGS:
         raise VmemError(f"--packing {imp.packing}: expected one of {', '.join(PACKINGS)}")
     if imp.packing is not None and imp.seq_len is None:
@@ -260,15 +259,19 @@ def _dataset_rows(dataset: Dataset, tokenizer, imp: Import,
         yield rows
     hashed = {p.path: _entry(p.path, p.offset + p.size, d)
               for p, d in zip(pieces, digests, strict=True)}
-    for path in dataset.files:
-        if path in hashed:
-            sources.append(hashed[path])
-        elif is_s3(path):
-            for _ in _read_through(path, imp.s3_endpoint, sources):
-                pass
-        else:
-            sources.append({"path": os.path.abspath(path), "bytes": os.path.getsize(path),
-                            "sha256": sha256_of(path)})
+    sources.extend(hashed.get(path) or _whole_file(path, imp.s3_endpoint)
+                   for path in dataset.files)
+
+
+def _whole_file(path: str, s3_endpoint: str | None) -> dict:
+    """The manifest entry of a file read for its checksum alone."""
+    if is_s3(path):
+        entries: list[dict] = []
+        for _ in _read_through(path, s3_endpoint, entries):
+            pass
+        return entries[0]
+    path = os.path.abspath(path)
+    return {"path": path, "bytes": os.path.getsize(path), "sha256": sha256_of(path)}
 
 
 def _documents(imp: Import, tokenizer, sources: list[dict]) -> Iterator[_Documents]:
@@ -293,9 +296,8 @@ def _parquet_documents(path: str, column: str, s3_endpoint: str | None,
     """A parquet file's column of token id lists, CHUNK_DOCUMENTS rows at a time. pyarrow reads a
     file's footer first, so one on S3 is downloaded (to $TMPDIR, hashed on the way) first."""
     if not is_s3(path):
-        local = os.path.abspath(path)
-        yield from _parquet_batches(local, path, column)
-        sources.append({"path": local, "bytes": os.path.getsize(local), "sha256": sha256_of(local)})
+        yield from _parquet_batches(path, path, column)
+        sources.append(_whole_file(path, s3_endpoint))
         return
     with tempfile.TemporaryDirectory(prefix="vmem-import-") as tmp:
         local = os.path.join(tmp, "source.parquet")
@@ -502,8 +504,10 @@ class _DatasetFiles:
                     self._lengths)))
             self._idx = enter(atomic_path(self.prefix + ".idx"))
             self._bin = enter(open(enter(atomic_path(self.prefix + ".bin")), "w+b"))
-        except BaseException:
-            self.__exit__(None, None, None)
+        except BaseException as err:
+            self.__exit__(type(err), err, err.__traceback__)
+            if isinstance(err, OSError):  # a folder that cannot be made (a full disk: VmemError)
+                raise VmemError(f"-o {self.prefix}: cannot write there ({err.strerror})") from None
             raise
         return self
 
