@@ -18,8 +18,7 @@ from tests.cli import cli_error
 from tests.models import EOS_SEQUENCE, MEMORIZED
 from tests.test_evaluate import run
 from vmem.cli import main
-from vmem.corpus import check_lengths
-from vmem.data import open_dataset, resolve_range
+from vmem.data import check_lengths, open_dataset, resolve_range
 from vmem.demo.corpus import EOS_TOKEN, save_tokenizer, train_tokenizer
 from vmem.errors import VmemError
 

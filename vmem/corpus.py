@@ -6,12 +6,11 @@ Sources are rows already (a `.npy`, a raw or merged `.bin`: any dataset vmem rea
 rows by the rule the training used: all of one length as they are, `concat` (joined, each followed
 by end-of-text, cut into rows; the remainder dropped) or `document` (one per row, padded). Padding
 is never scored: the true length of each padded row is kept in `PREFIX.lengths.npy`, and
-`check_lengths` refuses a window that would reach into it.
+`vmem.data.check_lengths` refuses a window that would reach into it.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -20,19 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vmem.data import MANIFEST_SUFFIX
+from vmem.data import LENGTHS_SUFFIX, MANIFEST_SUFFIX
 from vmem.errors import VmemError, first_line
 from vmem.io import mmidx
 from vmem.io.atomic import atomic_path
 from vmem.io.checksum import sha256_of
-from vmem.io.location import is_s3, split
+from vmem.io.location import is_s3
 
 PACKINGS = ("concat", "document")
 ROW_SUFFIXES = (".npy", ".bin", ".idx")
 DOCUMENT_SUFFIXES = (".parquet", ".jsonl")
 TOKENS_FIELD = "token_ids"  # parquet's default column, as in Pythia's parquet copy
 JSONL_FIELDS = (TOKENS_FIELD, "text")  # without --field, a jsonl line's first of these keys
-LENGTHS_SUFFIX = ".lengths.npy"
 TOKENIZE_BATCH = 1024  # documents tokenized per call
 
 
@@ -358,24 +356,3 @@ def _write(prefix: str, rows: np.ndarray, lengths: np.ndarray | None, manifest: 
         mmidx.write_merged(prefix, rows)
     if lengths is None and os.path.exists(stale):
         os.unlink(stale)
-
-
-# --- padding is never scored ---------------------------------------------------------------------
-
-def check_lengths(dataset, start: int, stop: int, end: int, *,
-                  s3_endpoint: str | None = None) -> None:
-    """Refuse a window ending at token `end` where a row of [start, stop) is padded before it
-    (an import with --packing document records each row's true length beside the dataset)."""
-    if dataset.layout != "merged":
-        return
-    folder, name = split(dataset.location + LENGTHS_SUFFIX, s3_endpoint=s3_endpoint)
-    if not folder.exists(name):
-        return
-    lengths = np.load(io.BytesIO(folder.read_bytes(name)))[start:stop]
-    short = np.flatnonzero(lengths < end)
-    if short.size:
-        row = start + int(short[0])
-        raise VmemError(f"{dataset.location}: {short.size} of the rows [{start}, {stop}) hold "
-                        f"fewer than the {end} tokens the window needs before padding (row "
-                        f"{row} has {lengths[short[0]]}; padding is never scored): narrow "
-                        f"--start/--stop or shorten --offset/--prompt-len/--cont-len")
