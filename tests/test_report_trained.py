@@ -132,8 +132,8 @@ def test_counts_and_shares_are_over_trained_sequences(report) -> None:
 
     markdown = (out / "report.md").read_text()
     untrained = sum(int(np.count_nonzero(~run["trained"])) for run in runs.values())
-    assert f"{untrained:,} instances that the order's instance filter masked (never trained " \
-           f"on; `untrained`, per run) are left out of every analysis" in markdown
+    assert f"In all, {untrained:,} instances that the order's instance filter masked (never " \
+           f"trained on; per run: `untrained`) are left out of every analysis" in markdown
     header = next(line for line in markdown.splitlines() if line.startswith("| run | model"))
     assert "| sequences | untrained | method |" in header
 
@@ -215,7 +215,8 @@ def test_cross_correlation_centres_on_trained_means_and_skips_masked_slots(repor
     # At lag 0 it is Pearson's r over the indices both trained on.
     assert want[lags == 0][0] == pytest.approx(stats.pearsonr(
         runs[EARLY]["matches"][both], runs[LARGE]["matches"][both]).statistic, rel=1e-9)
-    assert "counts as its series' mean at every lag" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "counts as its series' mean at every lag: it adds nothing" in markdown
 
 
 def test_index_aligned_analyses_treat_masked_slots_as_missing(report) -> None:
@@ -382,3 +383,31 @@ def test_bad_trained_columns_are_one_line(tmp_path: Path, capsys) -> None:
     path.with_name("run.manifest.json").write_text(json.dumps(manifest))
     err = refused(good.drop_columns(["trained"]))
     assert f"{path}: column matches has empty values" in err
+
+
+def test_prompt_lengths_count_trained_sequences(tmp_path: Path, monkeypatch) -> None:
+    """A verification run over prompt lengths 16 and 32: each length's share is over the
+    trained sequences."""
+    monkeypatch.setattr(passes, "CHUNK", 97)
+    rng = np.random.default_rng(9)
+    n = 700
+    trained = rng.random(n) > 0.1
+    prefix = {p: np.where(rng.random(n) < share, CONT_LEN, rng.integers(0, CONT_LEN, n))
+              for p, share in ((16, 0.05), (32, 0.2))}
+    path = write_run(tmp_path, "lengths", model="EleutherAI/pythia-70m", step=143_000,
+                     start=0, stop=n, memorized=[], method="verify", trained=trained)
+    pq.write_table(pa.table({"index": np.arange(n)}
+                            | {f"prefix_match_p{p}": pa.array(v, mask=~trained)
+                               for p, v in prefix.items()} | {"trained": trained}), path)
+    manifest_path = path.with_name("lengths.manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["settings"]["prompt_len"] = [16, 32]
+    manifest_path.write_text(json.dumps(manifest))
+    run_report(tmp_path, tmp_path / "report")
+    got = table(tmp_path / "report", "prompt_length").set_index("prompt_len")
+    for p, values in prefix.items():
+        memorized = np.count_nonzero((values == CONT_LEN) & trained)
+        assert (got.loc[p, "evaluated"], got.loc[p, "memorized"]) == (trained.sum(), memorized)
+        assert got.loc[p, "share"] == pytest.approx(memorized / trained.sum())
+    rates = table(tmp_path / "report", "memorization_rates").iloc[0]
+    assert rates["memorized"] == np.count_nonzero((prefix[32] == CONT_LEN) & trained)

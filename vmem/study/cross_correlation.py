@@ -43,8 +43,7 @@ def tables(study: Study) -> dict[str, pd.DataFrame]:
         scored = [run for run in checkpoints if run.matches is not None]
         for before, after in combinations(scored, 2):
             start, stop = max(before.start, after.start), min(before.stop, after.stop)
-            if stop - start < 2 or (sequences := passes.trained_count(
-                    (before, after), start, stop)) < 2:
+            if (sequences := passes.trained_count((before, after), start, stop)) < 2:
                 continue
             lags, values = normalized_cross_correlation(before, after, start, stop,
                                                         min(MAX_LAG, stop - start - 1))
@@ -85,10 +84,10 @@ def section(doc: Document, study: Study) -> None:
                   "sequences (trained on in the same steps) tell nothing about each other; a "
                   "peak at another lag would mean one series is shifted against the other.")
     if passes.filters_instances(study.standing):
-        doc.paragraph("An instance the order's instance filter masked is left out of the means "
-                      "and spreads and counts as its series' mean at every lag: it adds "
-                      "nothing, but each lag's sum still runs over N (fewer pairs meet where "
-                      "masked instances lie).")
+        doc.paragraph("An instance the order's instance filter masked in either run is left "
+                      "out of the means and spreads (N counts the indices both trained on) and "
+                      "counts as its series' mean at every lag: it adds nothing to any sum, so "
+                      "at a lag where masked instances lie fewer than N pairs meet.")
     doc.table(show(study.tables["cross_correlation"]))
     doc.figure(study.figures["cross_correlation"],
                "Normalized cross-correlation of the scores of an earlier and a later checkpoint "

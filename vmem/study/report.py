@@ -145,7 +145,7 @@ def _document(study: Study) -> Document:
         doc.bullets([integrity.describe_pair(a, b) for a, b in pairs])
 
     doc.heading("What was evaluated")
-    evaluated = pd.DataFrame(dict(
+    runs_table = pd.DataFrame(dict(
         run=[r.name for r in runs], model=[r.label for r in runs], suite=[r.suite for r in runs],
         step=[r.step for r in runs], params=[r.params for r in runs],
         indices=[f"[{count(r.start)}, {count(r.stop)})" for r in runs],
@@ -155,13 +155,13 @@ def _document(study: Study) -> Document:
         logprobs=["yes" if r.cont_logprob is not None else "no" for r in runs]))
     filtered = passes.filters_instances(runs)
     if filtered:
-        evaluated.insert(evaluated.columns.get_loc("sequences") + 1, "untrained",
+        runs_table.insert(runs_table.columns.get_loc("sequences") + 1, "untrained",
                          [r.untrained for r in runs])
-    doc.table(show(evaluated))
+    doc.table(show(runs_table))
     if filtered:
-        doc.paragraph(f"{count(sum(r.untrained for r in runs))} instances that the order's "
-                      f"instance filter masked (never trained on; `untrained`, per run) are "
-                      f"left out of every analysis: they keep their index, but no count, "
+        doc.paragraph(f"In all, {count(sum(r.untrained for r in runs))} instances that the "
+                      f"order's instance filter masked (never trained on; per run: `untrained`) "
+                      f"are left out of every analysis: they keep their index, but no count, "
                       f"share, mean or comparison includes them.")
 
     doc.heading("Headline numbers")
