@@ -411,3 +411,19 @@ def test_prompt_lengths_count_trained_sequences(tmp_path: Path, monkeypatch) -> 
         assert got.loc[p, "share"] == pytest.approx(memorized / trained.sum())
     rates = table(tmp_path / "report", "memorization_rates").iloc[0]
     assert rates["memorized"] == np.count_nonzero((prefix[32] == CONT_LEN) & trained)
+
+
+def test_another_models_latest_checkpoint_is_its_final_through_a_filtered_order(
+        tmp_path: Path) -> None:
+    """Not Pythia (an OLMo run): family B predicts the latest evaluated checkpoint, as it does
+    for a model read without an order."""
+    trained = np.arange(400) % 9 != 0
+    for step in (1000, 2000):
+        write_run(tmp_path, f"olmo-tiny-step{step}", model="allenai/OLMo-tiny", step=step,
+                  start=0, stop=400, memorized=[1, 2, 3, 9], params=1_000_000, seed=step,
+                  trained=trained)
+    run_report(tmp_path, tmp_path / "report")
+    pred = table(tmp_path / "report", "predictability")
+    assert list(zip(pred["family"], pred["cheap"], pred["target"], pred["tp"],
+                    strict=True)) == [("B", "OLMo-tiny-step1000", "OLMo-tiny-step2000", 3)]
+    assert "No family B comparison" not in (tmp_path / "report" / "report.md").read_text()
