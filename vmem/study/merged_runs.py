@@ -18,9 +18,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from vmem import pythia
+from vmem.data import MANIFEST_SUFFIX
 from vmem.errors import VmemError
 from vmem.io.location import Location, split
-from vmem.runs.merge import MANIFEST_SUFFIX, manifest_beside
+from vmem.runs.merge import manifest_beside
 from vmem.scoring import (
     GENERATE,
     METHODS,
@@ -153,13 +154,17 @@ def model_and_label(model: str) -> tuple[str, str]:
 
 def order_name(data: dict) -> str | None:
     """The training order a run's dataset was read through (`settings.data.order`: GPT-NeoX
-    index maps by their file name, which holds the seed; Pythia's parquet files), or None for
-    rows read as stored."""
+    index maps by their file name, which holds the seed; Pythia's parquet files; OLMo's by
+    seed, epoch and its permutation's checksum), or None for rows read as stored."""
     order = data.get("order")
     if not order:
         return None
-    maps = order.get("maps")
-    return order["kind"] if not maps else f"{order['kind']} {Path(maps).name}"
+    if maps := order.get("maps"):
+        return f"{order['kind']} {Path(maps).name}"
+    if indices := order.get("global_indices"):  # another config, stage or seed: another order
+        return (f"{order['kind']} seed {order.get('seed')} epoch {order.get('epoch')} "
+                f"{indices['sha256'][:8]}")
+    return order["kind"]
 
 
 def run_name(label: str, step: int | None, run_method: str) -> str:
