@@ -20,8 +20,7 @@ from tests.test_evaluate import run
 from tests.test_failures import small_disk  # noqa: F401 (the tmpfs fixture)
 from vmem import corpus
 from vmem.cli import main
-from vmem.corpus import check_lengths
-from vmem.data import open_dataset, resolve_range
+from vmem.data import check_lengths, open_dataset, resolve_range
 from vmem.demo.corpus import EOS_TOKEN, save_tokenizer, train_tokenizer
 from vmem.errors import VmemError
 from vmem.io import mmidx

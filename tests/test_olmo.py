@@ -14,8 +14,9 @@ from tests.cli import cli_error
 from tests.models import VOCAB, reference_cont_logprobs
 from vmem import olmo
 from vmem.cli import main
-from vmem.data import open_dataset
+from vmem.data import manifest_entry, open_dataset
 from vmem.olmo import build_order
+from vmem.study.merged_runs import order_name
 
 
 # --- allenai/OLMo olmo/data/util.py, transcribed (Apache-2.0): the reference for the filter ---
@@ -346,6 +347,24 @@ def test_evaluate_scores_what_a_checkpoint_trained_on_and_counts_the_masked(
     assert json.loads((tmp_path / "merged.manifest.json").read_text())["untrained"] == 2
     table = pd.read_parquet(merged)
     assert table["trained"].tolist() == trained.tolist()
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "report")]) == 0
+    rates = pd.read_csv(tmp_path / "report" / "tables" / "memorization_rates.csv")
+    assert rates[["evaluated", "start", "stop"]].values.tolist() == [[10, 0, 12]]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "In all, 2 instances that the order's instance filter masked" in text
+
+
+def test_runs_over_different_olmo_orders_are_never_one_model(tmp_path):
+    count = sum(n for n, _ in FILES)
+    root = tmp_path / "mirror"
+    urls = write_corpus(root, instances_with_repeats(np.arange(count), []))
+    names = []
+    for seed in (1, 1, 2):
+        config = write_config(tmp_path / f"run{seed}.yaml", urls, seed=seed)
+        build_order(config, str(tmp_path / f"order{seed}"), root=str(root))
+        names.append(order_name(manifest_entry(open_dataset(str(tmp_path / f"order{seed}")))))
+    assert names[0] == names[1] != names[2]
+    assert names[0].startswith("olmo seed 1 epoch 0 ")
 
 
 def test_spot_says_an_instance_was_never_trained_on(tmp_path, capsys, tiny_model_dir):

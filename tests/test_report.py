@@ -31,6 +31,9 @@ PUBLISHED_DUPED = {
     "6.9b": (2_120_969, "1.448%"), "12b": (2_382_326, "1.627%"),
 }
 FINAL_SEQUENCES = 146_432_000
+# An order whose instance filter masked some instances (OLMo's rule): its runs have `trained`.
+FILTERED_ORDER = dict(kind="olmo-global-indices",
+                      instance_filter=dict(max_period=13, min_period=1, max_count=32))
 
 
 def write_run(folder: Path, name: str, *, model: str, step: int | None, start: int, stop: int,
@@ -38,10 +41,12 @@ def write_run(folder: Path, name: str, *, model: str, step: int | None, start: i
               sequences_per_step: int = 1024, matches: np.ndarray | None = None,
               logprobs: bool = False, seed: int = 0, method: str = "generate",
               cont_logprob: np.ndarray | None = None,
-              edit_similarity: np.ndarray | None = None, weights: str | None = None) -> Path:
+              edit_similarity: np.ndarray | None = None, weights: str | None = None,
+              trained: np.ndarray | None = None) -> Path:
     """A merged run as `vmem merge` leaves it: table sorted by index + NAME.manifest.json.
     A verification run (`method`) holds flags only; `cont_logprob` and `edit_similarity` give
-    those columns their values."""
+    those columns their values. `trained` (bool per index) reads the run through
+    FILTERED_ORDER: a trained column, and nothing but the index where it is False."""
     rng = np.random.default_rng(seed)
     index = np.arange(start, stop)
     if matches is None:
@@ -64,16 +69,25 @@ def write_run(folder: Path, name: str, *, model: str, step: int | None, start: i
         table["cont_logprob"] = np.where(matches == CONT_LEN, -rng.random(index.size),
                                          -5 - 20 * rng.random(index.size))
     path = folder / f"{name}.{fmt}"
-    if fmt == "parquet":
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    if trained is not None:
+        arrow = pa.table({column: arrow[column] if column == "index" else
+                          pa.array(arrow[column].to_numpy(), mask=~trained)
+                          for column in arrow.column_names} | {"trained": trained})
+    if fmt == "csv":  # as `vmem merge` writes it (pyarrow quotes the header)
+        pacsv.write_csv(arrow, path)
+    elif trained is None:
         table.to_parquet(path, index=False)
-    else:  # as `vmem merge` writes it (pyarrow quotes the header)
-        pacsv.write_csv(pa.Table.from_pandas(table, preserve_index=False), path)
+    else:
+        pq.write_table(arrow, path)
     settings = dict(model=model, revision=None if step is None else f"step{step}",
                     dtype="float16", engine="vllm", prompt_len=32, cont_len=CONT_LEN, offset=0,
                     eos_mode="paper", logprobs=logprobs,
                     data=dict(location="/data/document", layout="merged",
                               num_sequences=FINAL_SEQUENCES, seq_len=2049, dtype="uint16"),
                     start=start, stop=stop, batch_size=sequences_per_step)
+    if trained is not None:
+        settings["data"]["order"] = FILTERED_ORDER
     if method != "generate":
         settings["method"] = method
     if edit_similarity is not None:

@@ -429,7 +429,7 @@ def spot_command(args: argparse.Namespace) -> None:
     print(spot(_dataset(args, args.data), args.index, engine_config(args),
                prompt_len=args.prompt_len, cont_len=args.cont_len, offset=args.offset,
                allow_eos=args.allow_eos, sequences_per_step=args.sequences_per_step,
-               method=args.method, tokenizer=args.tokenizer, s3_endpoint=args.s3_endpoint))
+               method=args.method, tokenizer=args.tokenizer))
 
 
 def status_command(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ Sources are rows already (a `.npy`, a raw or merged `.bin`: any dataset vmem rea
 Documents become rows by the rule the training used: all of one length as they are, `concat`
 (joined, each followed by end-of-text, cut into rows; the remainder dropped) or `document` (one
 per row, padded). Padding is never scored: the true length of each padded row is kept in
-`PREFIX.lengths.npy`, and `check_lengths` refuses a window that would reach into it.
+`PREFIX.lengths.npy`, and `vmem.data.check_lengths` refuses a window that reaches into it.
 
 The corpus flows through in chunks (source → documents → rows → files), so memory stays bounded
 whatever its size: rows go to the `.bin`'s temporary file as int32 and are narrowed to uint16 in
@@ -16,7 +16,6 @@ place at the end when every id fits; each source's checksum is taken from the by
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from itertools import accumulate
 
 import numpy as np
 
-from vmem.data import MANIFEST_SUFFIX, Dataset
+from vmem.data import LENGTHS_SUFFIX, MANIFEST_SUFFIX, Dataset
 from vmem.errors import VmemError, first_line
 from vmem.io import mmidx
 from vmem.io.atomic import atomic_path
@@ -40,7 +39,6 @@ ROW_SUFFIXES = (".npy", ".bin", ".idx")
 DOCUMENT_SUFFIXES = (".parquet", ".jsonl")
 TOKENS_FIELD = "token_ids"  # parquet's default column, as in Pythia's parquet copy
 JSONL_FIELDS = (TOKENS_FIELD, "text")  # without --field, a jsonl line's first of these keys
-LENGTHS_SUFFIX = ".lengths.npy"
 TOKENIZE_BATCH = 1024  # documents tokenized per call
 CHUNK_TOKENS = 1 << 23  # tokens held at a time: rows read, token id lists gathered, ids narrowed
 CHUNK_DOCUMENTS = 4096  # parquet rows or jsonl lines gathered at most before they are packed
@@ -578,24 +576,3 @@ class _DatasetFiles:
     def write_manifest(self, manifest: dict) -> None:
         with open(self._manifest, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2)
-
-
-# --- padding is never scored ---------------------------------------------------------------------
-
-def check_lengths(dataset, start: int, stop: int, end: int, *,
-                  s3_endpoint: str | None = None) -> None:
-    """Refuse a window ending at token `end` where a row of [start, stop) is padded before it
-    (an import with --packing document records each row's true length beside the dataset)."""
-    if dataset.layout != "merged":
-        return
-    folder, name = split(dataset.location + LENGTHS_SUFFIX, s3_endpoint=s3_endpoint)
-    if not folder.exists(name):
-        return
-    lengths = np.load(io.BytesIO(folder.read_bytes(name)))[start:stop]
-    short = np.flatnonzero(lengths < end)
-    if short.size:
-        row = start + int(short[0])
-        raise VmemError(f"{dataset.location}: {short.size} of the rows [{start}, {stop}) hold "
-                        f"fewer than the {end} tokens the window needs before padding (row "
-                        f"{row} has {lengths[short[0]]}; padding is never scored): narrow "
-                        f"--start/--stop or shorten --offset/--prompt-len/--cont-len")

@@ -40,6 +40,9 @@ DUMP_ROWS = 4096  # rows copied at a time by `vmem data dump`
 # What a file was made from, beside it: an imported dataset's PREFIX.manifest.json (its
 # sequences per step is its order's batch), a merged run's NAME.manifest.json.
 MANIFEST_SUFFIX = ".manifest.json"
+# Each row's true length, beside a dataset whose rows were padded (an import with --packing
+# document): padding is never scored.
+LENGTHS_SUFFIX = ".lengths.npy"
 NPY_HEAD_BYTES = 16384  # a .npy's header is read in one request: numpy's limit is 10000 bytes
 
 _SHARD = re.compile(r"^(?P<name>.+)-(?P<number>\d{5})-of-(?P<last>\d{5})\.bin$")
@@ -89,6 +92,7 @@ class Dataset:
     sequences_per_step: int | None = None
     # Rows that this rule marks were in the order but never trained on (OLMo's filter).
     instance_filter: olmo.InstanceFilter | None = None
+    row_lengths: _Entries | None = field(default=None, repr=False)  # padded rows' true lengths
 
     def __post_init__(self):
         self._row_bytes = self.seq_len * self.dtype.itemsize
@@ -220,10 +224,17 @@ def _open_merged(folder: Location, name: str, listing: dict[str, int],
         raise VmemError(f"{bin_path}: {size} bytes, but {idx_path} describes "
                         f"{index.num_sequences} sequences x {index.seq_len} tokens x "
                         f"{index.dtype.itemsize} bytes = {index.data_bytes} bytes{hint}")
+    row_lengths = None
+    if name + LENGTHS_SUFFIX in listing:
+        row_lengths = _npy_entries(folder, name + LENGTHS_SUFFIX, listing[name + LENGTHS_SUFFIX], 1)
+        if row_lengths.shape[0] != index.num_sequences:
+            raise VmemError(f"{folder.join(name + LENGTHS_SUFFIX)}: holds {row_lengths.shape[0]} "
+                            f"row lengths, but {idx_path} has {index.num_sequences} rows")
     return Dataset("merged", folder.join(name), [idx_path, bin_path],
                    index.num_sequences, index.seq_len, index.dtype,
                    [_Piece(bin_path, size, folder.reader(bin_name))],
-                   sequences_per_step=_imported_step_size(folder, name, listing))
+                   sequences_per_step=_imported_step_size(folder, name, listing),
+                   row_lengths=row_lengths)
 
 
 def _imported_step_size(folder: Location, name: str, listing: dict[str, int]) -> int | None:
@@ -853,6 +864,20 @@ def check_window(dataset: Dataset, prompt_len: int, cont_len: int, offset: int) 
         raise VmemError(f"--offset {offset} + --prompt-len {prompt_len} + --cont-len {cont_len} "
                         f"= {end} exceeds the {dataset.seq_len}-token sequences of "
                         f"{dataset.location}")
+
+
+def check_lengths(dataset: Dataset, start: int, stop: int, end: int) -> None:
+    """Refuse a window ending at token `end` where a row of [start, stop) is padded before it."""
+    if dataset.row_lengths is None:
+        return
+    lengths = dataset.row_lengths.take(np.arange(start, stop))
+    short = np.flatnonzero(lengths < end)
+    if short.size:
+        row = start + int(short[0])
+        raise VmemError(f"{dataset.location}: {short.size} of the rows [{start}, {stop}) hold "
+                        f"fewer than the {end} tokens the window needs before padding (row "
+                        f"{row} has {lengths[short[0]]}; padding is never scored): narrow "
+                        f"--start/--stop or shorten --offset/--prompt-len/--cont-len")
 
 
 def iter_batches(dataset: Dataset, start: int, stop: int, *, rows: int,

@@ -45,9 +45,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vmem.corpus import check_lengths
 from vmem.data import (
     Dataset,
+    check_lengths,
     check_window,
     iter_batches,
     manifest_entry,
@@ -478,8 +478,7 @@ def count_duplicates(c: Counting) -> str:
                                 sequences_per_step=c.sequences_per_step)
     check_window(dataset, c.prompt_len, c.cont_len, c.offset)
     # Windows in padding are never scored, so never counted either.
-    check_lengths(dataset, start, stop, c.offset + c.prompt_len + c.cont_len,
-                  s3_endpoint=c.s3_endpoint)
+    check_lengths(dataset, start, stop, c.offset + c.prompt_len + c.cont_len)
     check_definition(dataset, c, stop)
     lo, hi = task_slice(start, stop, *task_from_env(c.task_id, c.num_tasks))
     settings = _settings(dataset, c, start, stop)

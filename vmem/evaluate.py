@@ -27,9 +27,9 @@ import numpy as np
 
 import vmem
 from vmem import hardware, olmo, pythia, quiet
-from vmem.corpus import check_lengths
 from vmem.data import (
     Dataset,
+    check_lengths,
     check_window,
     iter_batches,
     manifest_entry,
@@ -133,8 +133,7 @@ def plan(ev: Evaluation) -> Plan:
                                 sequences_per_step=ev.sequences_per_step)
     for length in lens:  # before an engine starts
         check_window(dataset, length, ev.cont_len, ev.offset)
-    check_lengths(dataset, start, stop, ev.offset + lens[-1] + ev.cont_len,
-                  s3_endpoint=ev.s3_endpoint)
+    check_lengths(dataset, start, stop, ev.offset + lens[-1] + ev.cont_len)
     folder = RunFolder(ev.out, staging_dir=ev.staging_dir, s3_endpoint=ev.s3_endpoint)
     folder.check_writable()
     existing = folder.manifest()

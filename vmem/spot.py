@@ -10,8 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from vmem.corpus import check_lengths
-from vmem.data import Dataset, check_window, step_size, untrained
+from vmem.data import Dataset, check_lengths, check_window, step_size, untrained
 from vmem.engines import EngineConfig, build_engine
 from vmem.errors import VmemError
 from vmem.scoring import GENERATE, VERIFY, check_method, leading_run, score_batch
@@ -20,7 +19,7 @@ from vmem.scoring import GENERATE, VERIFY, check_method, leading_run, score_batc
 def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
          prompt_len: int = 32, cont_len: int = 32, offset: int = 0, allow_eos: bool = False,
          sequences_per_step: int | None = None, method: str = GENERATE,
-         tokenizer: str | None = None, engine=None, s3_endpoint: str | None = None) -> str:
+         tokenizer: str | None = None, engine=None) -> str:
     """The report text for `indices`; token ids always, decoded text when a tokenizer loads.
     `engine` lets a caller that already runs one for `engine_config` reuse it (and close it)."""
     check_method(method)
@@ -30,8 +29,7 @@ def spot(dataset: Dataset, indices: list[int], engine_config: EngineConfig, *,
                             f"({dataset.num_sequences} sequences in {dataset.location})")
     check_window(dataset, prompt_len, cont_len, offset)
     for index in indices:  # a window in padding is never scored
-        check_lengths(dataset, index, index + 1, offset + prompt_len + cont_len,
-                      s3_endpoint=s3_endpoint)
+        check_lengths(dataset, index, index + 1, offset + prompt_len + cont_len)
     per_step = step_size(dataset, sequences_per_step)
     rows = np.stack([dataset.read(i, i + 1)[0] for i in indices])
     masked = untrained(dataset, rows)

@@ -13,7 +13,7 @@ from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
-from vmem.study.passes import chunks, frame
+from vmem.study.passes import chunks, frame, trained_count, trained_mask
 
 
 def tables(study: Study) -> dict[str, pd.DataFrame]:
@@ -43,24 +43,29 @@ def section(doc: Document, study: Study) -> None:
 
 def method_agreement_table(pairs: list[tuple[Run, Run]]) -> pd.DataFrame:
     """Two runs of one model and checkpoint by different methods (a run and the reference that
-    stands for the checkpoint), on the sequences both have seen: how far their memorized flags
-    agree (verification and generation agree exactly in float32)."""
+    stands for the checkpoint), on the sequences both have seen (and trained on): how far their
+    memorized flags agree (verification and generation agree exactly in float32)."""
     rows = []
     for run, reference in pairs:
         start, stop = max(run.start, reference.start), min(run.stop, reference.stop)
         if start >= stop:  # nothing both have seen: nothing to compare
             continue
+        sequences = trained_count((run, reference), start, stop)
+        if not sequences:
+            continue
         both = only_run = only_reference = 0
         for a, b in chunks(start, stop):
             r, ref = run.memorized(a, b), reference.memorized(a, b)
+            if (trained := trained_mask((run, reference), a, b)) is not None:
+                r, ref = r & trained, ref & trained
             both += np.count_nonzero(r & ref)
             only_run += np.count_nonzero(r & ~ref)
             only_reference += np.count_nonzero(ref & ~r)
         rows.append(dict(run=run.name, method=run.method, reference=reference.name,
                          reference_method=reference.method, model=reference.label,
-                         step=reference.step, sequences=stop - start, memorized_both=both,
+                         step=reference.step, sequences=sequences, memorized_both=both,
                          only_run=only_run, only_reference=only_reference,
-                         agreement=1 - (only_run + only_reference) / (stop - start)))
+                         agreement=1 - (only_run + only_reference) / sequences))
     return frame(rows, ["step"], ["run", "method", "reference", "reference_method", "model",
                                   "step", "sequences", "memorized_both", "only_run",
                                   "only_reference", "agreement"])

@@ -55,17 +55,20 @@ def section(doc: Document, study: Study) -> None:
 
 
 def bucket_means(run: Run, kept: np.ndarray, size: int) -> pd.DataFrame:
-    """Per bucket [k·size, (k+1)·size) of indices: how many sequences `kept` marks and the sum
-    of their matches, bincount chunk by chunk; buckets with none are left out, as the notebook
-    skips them."""
+    """Per bucket [k·size, (k+1)·size) of indices: how many trained sequences `kept` marks and
+    the sum of their matches, bincount chunk by chunk; buckets with none are left out, as the
+    notebook skips them."""
     first = run.start // size
     buckets = (run.stop - 1) // size - first + 1
     sequences = np.zeros(buckets, dtype=np.int64)
     matches = np.zeros(buckets, dtype=np.int64)
     step = pass_size()
-    for a in range(0, run.evaluated, step):
+    for a in range(0, run.span, step):
         chunk = run.matches[a:a + step]
-        bucket = np.flatnonzero(kept[chunk])
+        selected = kept[chunk]
+        if run.trained is not None:
+            selected &= run.trained[a:a + step]
+        bucket = np.flatnonzero(selected)
         weights = chunk[bucket]
         bucket += run.start + a  # in place: the bucket of each selected index
         bucket //= size

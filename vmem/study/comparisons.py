@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from vmem import pythia
 from vmem.errors import VmemError
 from vmem.scoring import GENERATE, RELEASED, VERIFY
-from vmem.study.merged_runs import OTHER_SUITE, Run
+from vmem.study.merged_runs import Run, model_and_label
 
 FAMILIES = {
     "A": "smaller model, same checkpoint → largest model",
@@ -116,8 +116,10 @@ def checkpoints_by_model(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def _has_final(group: list[Run]) -> bool:
-    """Pythia's final checkpoint is step143000; another model's is its latest evaluated."""
-    return group[0].suite == OTHER_SUITE or group[-1].step == pythia.FINAL_STEP
+    """Pythia's final checkpoint is step143000; another model's (read through any order: its
+    suite then names the order) is its latest evaluated."""
+    model, _ = model_and_label(group[0].settings["model"])
+    return pythia.suite_of(model) is None or group[-1].step == pythia.FINAL_STEP
 
 
 def without_final(runs: list[Run]) -> list[str]:

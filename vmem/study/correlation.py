@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
 
@@ -103,14 +104,18 @@ def level_count(run: Run) -> int:
     return run.cont_len + 1 if run.matches is not None else 2
 
 
-def joint_histogram(a: Run, b: Run, start: int, stop: int) -> np.ndarray:
-    """How many sequences of [start, stop) have each pair of levels (a's, b's)."""
+def joint_histogram(a: Run, b: Run, start: int, stop: int,
+                    among: Sequence[Run]) -> np.ndarray:
+    """How many sequences of [start, stop) that every run of `among` trained on have each pair
+    of levels (a's, b's)."""
     rows, cols = level_count(a), level_count(b)
     joint = np.zeros(rows * cols, dtype=np.int64)
     for lo, hi in passes.chunks(start, stop):
         code = levels(a, lo, hi).astype(np.intp)
         code *= cols
         code += levels(b, lo, hi)
+        if (trained := passes.trained_mask(among, lo, hi)) is not None:
+            code = code[trained]
         joint += np.bincount(code, minlength=rows * cols)
     return joint.reshape(rows, cols)
 
@@ -141,21 +146,25 @@ def pearson(joint: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
     return (n * sxy - sx * sy) / (math.sqrt(vx) * math.sqrt(vy))
 
 
-def pair_rows(a: Run, b: Run, start: int, stop: int,
-              thresholds: dict[str, dict[str, float]]) -> list[dict]:
-    """One row per subset both runs have, over [start, stop)."""
-    joint = joint_histogram(a, b, start, stop)
+def pair_rows(a: Run, b: Run, start: int, stop: int, thresholds: dict[str, dict[str, float]],
+              among: Sequence[Run]) -> list[dict]:
+    """One row per subset both runs have, over the indices of [start, stop) that every run of
+    `among` trained on; none with fewer than two (no r)."""
+    joint = joint_histogram(a, b, start, stop, among)
+    sequences = int(joint.sum())
+    if sequences < 2:
+        return []
     both_scored = a.matches is not None and b.matches is not None
     return [dict(a=a.name, b=b.name, subset=subset,
                  pearson=pearson(joint, subset_values(a, subset, thresholds),
                                  subset_values(b, subset, thresholds)),
-                 sequences=stop - start)
+                 sequences=sequences)
             for subset in SUBSETS if both_scored or subset == "memorized"]
 
 
 def model_table(runs: list[Run], thresholds: dict[str, dict[str, float]]) -> pd.DataFrame:
     """Every pair of models of a suite at a checkpoint two or more share, on the sequences both
-    evaluated (a pair with fewer than two has no r and no row)."""
+    evaluated (and trained on; a pair with fewer than two has no r and no row)."""
     groups: dict[tuple[str, int], list[Run]] = defaultdict(list)
     for run in runs:
         groups[(run.suite, -1 if run.step is None else run.step)].append(run)
@@ -164,12 +173,13 @@ def model_table(runs: list[Run], thresholds: dict[str, dict[str, float]]) -> pd.
         for a, b in combinations(by_size(groups[key]), 2):
             start, stop = max(a.start, b.start), min(a.stop, b.stop)
             if stop - start >= 2:
-                rows += pair_rows(a, b, start, stop, thresholds)
+                rows += pair_rows(a, b, start, stop, thresholds, (a, b))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def checkpoint_table(runs: list[Run], thresholds: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """Every pair of checkpoints of a model, over the indices all its checkpoints evaluated."""
+    """Every pair of checkpoints of a model, over the indices all its checkpoints evaluated (and
+    trained on)."""
     rows = []
     for checkpoints in checkpoints_by_model(runs).values():
         start = max(r.start for r in checkpoints)
@@ -177,7 +187,7 @@ def checkpoint_table(runs: list[Run], thresholds: dict[str, dict[str, float]]) -
         if stop - start < 2:
             continue
         for a, b in combinations(checkpoints, 2):
-            rows += pair_rows(a, b, start, stop, thresholds)
+            rows += pair_rows(a, b, start, stop, thresholds, checkpoints)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

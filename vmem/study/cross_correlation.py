@@ -5,7 +5,8 @@ checkpoint f of a model against each later one g, over the indices both evaluate
     c(τ) = Σ_n (f[n+τ] − μf)(g[n] − μg) / (N σf σg)
 
 (scipy.signal.correlate's full correlation over √(Σ(f−μf)² Σ(g−μg)²)), shown for lags within
-±100,000, with its peak.
+±100,000, with its peak. An index an instance filter masked in either run is left out of μ
+and σ and counts as the mean (0 once centred), so it adds nothing at any lag.
 
 Only those lags are computed, blocked: each block of f is correlated (scipy.fft) with the stretch
 of g it can meet at those lags, and the blocks' sums add up to c. Memory stays O(block + lags)
@@ -42,7 +43,7 @@ def tables(study: Study) -> dict[str, pd.DataFrame]:
         scored = [run for run in checkpoints if run.matches is not None]
         for before, after in combinations(scored, 2):
             start, stop = max(before.start, after.start), min(before.stop, after.stop)
-            if stop - start < 2:
+            if (sequences := passes.trained_count((before, after), start, stop)) < 2:
                 continue
             lags, values = normalized_cross_correlation(before, after, start, stop,
                                                         min(MAX_LAG, stop - start - 1))
@@ -50,7 +51,7 @@ def tables(study: Study) -> dict[str, pd.DataFrame]:
             rows.append(dict(a=before.name, b=after.name,
                              peak=math.nan if peak is None else float(values[peak]),
                              peak_lag=None if peak is None else int(lags[peak]),
-                             sequences=stop - start))
+                             sequences=sequences))
             curves[(before.name, after.name)] = envelope(lags, values)
     study.notes["cross_correlation_curves"] = curves
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -82,29 +83,40 @@ def section(doc: Document, study: Study) -> None:
                   "score at the other checkpoint; a curve near 0 elsewhere says neighbouring "
                   "sequences (trained on in the same steps) tell nothing about each other; a "
                   "peak at another lag would mean one series is shifted against the other.")
+    if passes.filters_instances(study.standing):
+        doc.paragraph("An instance the order's instance filter masked in either run is left "
+                      "out of the means and spreads (N counts the indices both trained on) and "
+                      "counts as its series' mean at every lag: it adds nothing to any sum, so "
+                      "at a lag where masked instances lie fewer than N pairs meet.")
     doc.table(show(study.tables["cross_correlation"]))
     doc.figure(study.figures["cross_correlation"],
                "Normalized cross-correlation of the scores of an earlier and a later checkpoint "
                "against the lag, per model (each curve drawn as its range over bins of lags).")
 
 
-def centered(run: Run, start: int, stop: int, mean: float, lo: int, hi: int) -> np.ndarray:
-    """The run's matches minus `mean` on [lo, hi) as float64, zero outside [start, stop): a
-    centred point outside the overlap adds nothing to a sum."""
+def centered(run: Run, start: int, stop: int, mean: float, lo: int, hi: int,
+             among: tuple[Run, Run]) -> np.ndarray:
+    """The run's matches minus `mean` on [lo, hi) as float64, zero outside [start, stop) and
+    where a run of `among` did not train: a centred point there adds nothing to a sum."""
     out = np.zeros(hi - lo)
     a, b = max(lo, start), min(hi, stop)
     if a < b:
         out[a - lo:b - lo] = run.matches[a - run.start:b - run.start]
         out[a - lo:b - lo] -= mean
+        if (trained := passes.trained_mask(among, a, b)) is not None:
+            out[a - lo:b - lo][~trained] = 0
     return out
 
 
-def moments(run: Run, start: int, stop: int) -> tuple[float, float]:
-    """Mean and Σ(x − mean)² of the run's matches on [start, stop), from exact integer sums."""
-    n, total, squares = stop - start, 0, 0
+def moments(run: Run, start: int, stop: int, among: tuple[Run, Run]) -> tuple[float, float]:
+    """Mean and Σ(x − mean)² of the run's matches on the indices of [start, stop) both runs of
+    `among` trained on, from exact integer sums."""
+    n, total, squares = passes.trained_count(among, start, stop), 0, 0
     for lo, hi in passes.chunks(start, stop):
-        counts = np.bincount(run.matches[lo - run.start:hi - run.start],
-                             minlength=run.cont_len + 1)
+        matches = run.matches[lo - run.start:hi - run.start]
+        if (trained := passes.trained_mask(among, lo, hi)) is not None:
+            matches = matches[trained]
+        counts = np.bincount(matches, minlength=run.cont_len + 1)
         values = np.arange(counts.size, dtype=np.int64)
         total += int(values @ counts)
         squares += int((values * values) @ counts)
@@ -119,15 +131,15 @@ def normalized_cross_correlation(f: Run, g: Run, start: int, stop: int, max_lag:
     from scipy import fft
 
     lags = np.arange(-max_lag, max_lag + 1)
-    mean_f, spread_f = moments(f, start, stop)
-    mean_g, spread_g = moments(g, start, stop)
+    mean_f, spread_f = moments(f, start, stop, (f, g))
+    mean_g, spread_g = moments(g, start, stop, (f, g))
     if spread_f == 0 or spread_g == 0:
         return lags, np.full(lags.size, np.nan)
     total = np.zeros(lags.size)
     for lo in range(start, stop, BLOCK):
         hi = min(lo + BLOCK, stop)
-        block = centered(f, start, stop, mean_f, lo, hi)
-        reach = centered(g, start, stop, mean_g, lo - max_lag, hi + max_lag)
+        block = centered(f, start, stop, mean_f, lo, hi, (f, g))
+        reach = centered(g, start, stop, mean_g, lo - max_lag, hi + max_lag, (f, g))
         # Circular correlation over a length ≥ len(reach): out[k] = Σ_m f[m] g[m + k − max_lag]
         # wraps around only for k > 2 · max_lag, so out[:2 · max_lag + 1] is exact; τ = max_lag − k.
         size = fft.next_fast_len(reach.size, real=True)

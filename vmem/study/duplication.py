@@ -171,10 +171,13 @@ def rarity_table(runs: list[Run], duplicates: Duplicates) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RARITY_COLUMNS).astype({"step": "Int64"})
 
 
-def _listed(run: Run, duplicates: Duplicates) -> tuple[np.ndarray, slice]:
-    """The run's indices the table lists, and where they lie in the table."""
+def _listed(run: Run, duplicates: Duplicates) -> tuple[np.ndarray, slice | np.ndarray]:
+    """The run's trained indices the table lists, and where they lie in the table."""
     lo, hi = np.searchsorted(duplicates.index, [run.start, run.stop])
-    return duplicates.index[lo:hi], slice(lo, hi)
+    if run.trained is None:
+        return duplicates.index[lo:hi], slice(lo, hi)
+    trained = run.trained[duplicates.index[lo:hi] - run.start]
+    return duplicates.index[lo:hi][trained], lo + np.flatnonzero(trained)
 
 
 def _buckets(values: np.ndarray, memorized: np.ndarray, base: int):

@@ -87,7 +87,7 @@ def np_table(runs: list[Run]) -> pd.DataFrame:
         if run.cont_logprob is None:
             continue
         counts = dict.fromkeys([(n, p) for n in SAMPLES for p in PROBABILITIES], 0)
-        for a, b in chunks(0, run.evaluated):
+        for a, b in chunks(0, run.span):  # NaN where untrained: never extractable
             miss = log_miss(run.cont_logprob[a:b])
             for n, p in counts:
                 counts[n, p] += int(np_extractable(miss, n, p).sum())
@@ -108,12 +108,13 @@ def approximate_table(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         if run.edit_similarity is None:
             continue
+        similarity = (run.edit_similarity if run.trained is None
+                      else run.edit_similarity[run.trained])
         row = dict(run=run.name, model=run.label, step=run.step, evaluated=run.evaluated,
                    exact_share=memorized_share(memorized_count(run), run.evaluated),
-                   mean_edit_similarity=float(run.edit_similarity.mean(dtype=np.float64)))
+                   mean_edit_similarity=float(similarity.mean(dtype=np.float64)))
         for name, threshold in zip(above, SIMILARITIES, strict=True):
-            row[name] = memorized_share(int((run.edit_similarity > threshold).sum()),
-                                        run.evaluated)
+            row[name] = memorized_share(int((similarity > threshold).sum()), run.evaluated)
         rows.append(row)
     columns = ["run", "model", "step", "evaluated", "exact_share", *above,
                "mean_edit_similarity"]

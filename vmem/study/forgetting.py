@@ -19,6 +19,7 @@ from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
+from vmem.study.passes import trained_count, trained_mask
 from vmem.study.plots import save_cropped
 
 COLUMNS = ["model", "from_step", "to_step", "kept", "forgotten", "new", "never"]
@@ -57,7 +58,8 @@ def section(doc: Document, study: Study) -> None:
 
 
 def seen_by_both(before: Run, after: Run) -> tuple[int, int]:
-    """The sequences both runs evaluated and the earlier checkpoint had already trained on."""
+    """The sequences both runs evaluated and the earlier checkpoint had already trained on
+    (those of them an instance filter masked are left out where counted)."""
     return (max(before.start, after.start),
             min(before.stop, after.stop, before.step * before.sequences_per_step))
 
@@ -72,14 +74,18 @@ def forgetting_table(runs: list[Run]) -> pd.DataFrame:
             if start >= stop:
                 continue
             was, now = before.memorized(start, stop), after.memorized(start, stop)
+            never = ~was & ~now
+            if (trained := trained_mask((before, after), start, stop)) is not None:
+                was, now, never = was & trained, now & trained, never & trained
             rows.append(dict(model=before.label, from_step=before.step, to_step=after.step,
                              kept=int((was & now).sum()), forgotten=int((was & ~now).sum()),
-                             new=int((~was & now).sum()), never=int((~was & ~now).sum())))
+                             new=int((~was & now).sum()), never=int(never.sum())))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def recurrence_table(runs: list[Run]) -> pd.DataFrame:
-    """Per model, over the sequences every checkpoint evaluated and the last had trained on:
+    """Per model, over the sequences every checkpoint evaluated and the last had trained on (an
+    instance filter's masked ones left out):
     memorized at one checkpoint and not at a later one (forgotten), and of those, memorized
     again at a still later one. A checkpoint counts for a sequence once it has trained on it."""
     rows = []
@@ -90,15 +96,19 @@ def recurrence_table(runs: list[Run]) -> pd.DataFrame:
         if start >= stop:
             continue
         index = np.arange(start, stop)
+        trained = trained_mask(checkpoints, start, stop)
         ever, forgotten, again = (np.zeros(stop - start, dtype=bool) for _ in range(3))
         for run in checkpoints:
             seen = index < run.step * run.sequences_per_step
+            if trained is not None:
+                seen &= trained
             memorized = run.memorized(start, stop) & seen
             again |= forgotten & memorized
             forgotten |= ever & ~memorized & seen
             ever |= memorized
         rows.append(dict(model=last.label, checkpoints=",".join(str(r.step) for r in checkpoints),
-                         sequences=stop - start, forgotten=int(forgotten.sum()),
+                         sequences=trained_count(checkpoints, start, stop),
+                         forgotten=int(forgotten.sum()),
                          memorized_again=int(again.sum())))
     return pd.DataFrame(rows, columns=RECURRENCE_COLUMNS)
 

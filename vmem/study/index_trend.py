@@ -74,14 +74,17 @@ def filter_title(q: int) -> str:
 
 
 def fitted_line(run: Run, kept: np.ndarray) -> dict:
-    """The least-squares line of score on index over the sequences whose matches `kept` marks,
-    from co-moments merged chunk by chunk (Chan et al.'s update: no cancellation at 10^8
+    """The least-squares line of score on index over the trained sequences whose matches `kept`
+    marks, from co-moments merged chunk by chunk (Chan et al.'s update: no cancellation at 10^8
     indices); with the first and last selected index."""
     n, mean_x, mean_y, sxx, sxy, first, last = 0, 0.0, 0.0, 0.0, 0.0, None, None
     size = pass_size()
-    for a in range(0, run.evaluated, size):
+    for a in range(0, run.span, size):
         matches = run.matches[a:a + size]
-        where = np.flatnonzero(kept[matches])
+        selected = kept[matches]
+        if run.trained is not None:
+            selected &= run.trained[a:a + size]
+        where = np.flatnonzero(selected)
         if not where.size:
             continue
         first = run.start + a + int(where[0]) if first is None else first

@@ -54,7 +54,7 @@ def logprob_tables(runs: list[Run], bins: int = 40) -> tuple[pd.DataFrame, pd.Da
         edges = np.histogram_bin_edges(finite, bins=bins) if finite.size else np.array([0.0, 1.0])
         for group, mask in (("memorized", memorized), ("not memorized", ~memorized)):
             values = run.cont_logprob[mask]
-            values = values[np.isfinite(values)]
+            values = values[np.isfinite(values)]  # an untrained index's NaN goes too
             summary.append(dict(run=run.name, group=group, sequences=int(values.size),
                                 mean=float(values.mean()) if values.size else math.nan,
                                 median=float(np.median(values)) if values.size else math.nan))

@@ -18,13 +18,15 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from vmem import pythia
+from vmem.data import MANIFEST_SUFFIX
 from vmem.errors import VmemError
 from vmem.io.location import Location, split
-from vmem.runs.merge import MANIFEST_SUFFIX, manifest_beside
+from vmem.runs.merge import manifest_beside
 from vmem.scoring import (
     GENERATE,
     METHODS,
     PAPER_PROMPT_LEN,
+    TRAINED,
     columns,
     memorized_column,
     memorized_flags,
@@ -66,10 +68,20 @@ class Run:
     # A verification run over several prompt lengths: prefix_match (uint8) per length.
     prefix_by_prompt_len: dict[int, np.ndarray]
     weights_sha256: str | None = None  # of the weights it loaded (None: not recorded)
+    # An order with an instance filter: whether each index was trained on (None: no filter, all
+    # were). An untrained index was never evaluated; the arrays above hold 0 / False / NaN there.
+    trained: np.ndarray | None = None
+    untrained: int = 0  # how many indices of [start, stop) the filter masked
+
+    @property
+    def span(self) -> int:
+        """The indices of [start, stop): the length of every array above."""
+        return self.stop - self.start
 
     @property
     def evaluated(self) -> int:
-        return self.stop - self.start
+        """The sequences evaluated: the trained ones of [start, stop)."""
+        return self.span - self.untrained
 
     def memorized(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
         """Memorized flags of sequences [start, stop) (default: all the run's)."""
@@ -142,13 +154,17 @@ def model_and_label(model: str) -> tuple[str, str]:
 
 def order_name(data: dict) -> str | None:
     """The training order a run's dataset was read through (`settings.data.order`: GPT-NeoX
-    index maps by their file name, which holds the seed; Pythia's parquet files), or None for
-    rows read as stored."""
+    index maps by their file name, which holds the seed; Pythia's parquet files; OLMo's by
+    seed, epoch and its permutation's checksum), or None for rows read as stored."""
     order = data.get("order")
     if not order:
         return None
-    maps = order.get("maps")
-    return order["kind"] if not maps else f"{order['kind']} {Path(maps).name}"
+    if maps := order.get("maps"):
+        return f"{order['kind']} {Path(maps).name}"
+    if indices := order.get("global_indices"):  # another config, stage or seed: another order
+        return (f"{order['kind']} seed {order.get('seed')} epoch {order.get('epoch')} "
+                f"{indices['sha256'][:8]}")
+    return order["kind"]
 
 
 def run_name(label: str, step: int | None, run_method: str) -> str:
@@ -230,6 +246,7 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
         cont_logprob=np.empty(n, dtype=np.float32) if settings.get("logprobs") else None,
         edit_similarity=np.empty(n, dtype=np.float32)
         if "edit_similarity" in columns(settings) else None,
+        trained=np.empty(n, dtype=np.bool_) if TRAINED in columns(settings) else None,
         prefix_by_prompt_len={p: np.empty(n, dtype=np.uint8) for p in prompt_lens(settings)}
         if several else {},
         weights_sha256=(manifest.get("weights") or {}).get("sha256"),
@@ -237,7 +254,8 @@ def _run_from_manifest(manifest: dict, where: str, table: str) -> Run:
 
 
 def _fill_arrays(run: Run, path: str) -> None:
-    """Read the table in record batches; every row must be the next index of [start, stop)."""
+    """Read the table in record batches; every row must be the next index of [start, stop).
+    With a trained column, untrained rows hold nothing but their index and trained rows all."""
     settings = run.settings
     flag = memorized_column(settings)
     counts = {f"prefix_match_p{p}": array for p, array in run.prefix_by_prompt_len.items()}
@@ -250,11 +268,13 @@ def _fill_arrays(run: Run, path: str) -> None:
         wanted.append(logprob)
     if run.edit_similarity is not None:
         wanted.append("edit_similarity")
+    if run.trained is not None:
+        wanted.append(TRAINED)
     filled = 0
     for batch in _record_batches(path, wanted, columns(settings), run.table):
         index = _column(batch, "index", run.table)
         rows = len(index)
-        if filled + rows > run.evaluated:
+        if filled + rows > run.span:
             raise VmemError(f"{run.table}: more rows than the manifest's range "
                             f"[{run.start}, {run.stop}) has sequences")
         expected = np.arange(run.start + filled, run.start + filled + rows)
@@ -265,27 +285,35 @@ def _fill_arrays(run: Run, path: str) -> None:
                             f"{expected[at]} (one row per index of [{run.start}, {run.stop}), "
                             "sorted)")
         window = slice(filled, filled + rows)
+        trained = None
+        if run.trained is not None:
+            trained = run.trained[window] = _column(batch, TRAINED, run.table)
         for name, array in counts.items():
-            values = _column(batch, name, run.table)
+            values = _column(batch, name, run.table, trained, index)
             if values.min() < 0 or values.max() > run.cont_len:
                 raise VmemError(f"{run.table}: {name} must lie in 0..{run.cont_len} (cont_len), "
                                 f"found {values.min()}..{values.max()}")
             array[window] = values
         if run.flags is not None:
-            values = _column(batch, flag, run.table)
+            values = _column(batch, flag, run.table, trained, index)
             run.flags[window] = memorized_flags(settings, values)
         if run.cont_logprob is not None:
-            run.cont_logprob[window] = _column(batch, logprob, run.table)
+            run.cont_logprob[window] = _column(batch, logprob, run.table, trained, index)
         if run.edit_similarity is not None:
-            values = _column(batch, "edit_similarity", run.table)
-            if not ((values >= 0) & (values <= 1)).all():  # NaN fails too
+            values = _column(batch, "edit_similarity", run.table, trained, index)
+            outside = ~((values >= 0) & (values <= 1))  # NaN is outside too
+            if trained is not None:
+                outside &= trained
+            if outside.any():
                 raise VmemError(f"{run.table}: edit_similarity must lie in 0..1, found "
-                                f"{values[~((values >= 0) & (values <= 1))][0]}")
+                                f"{values[outside][0]}")
             run.edit_similarity[window] = values
         filled += rows
-    if filled != run.evaluated:
+    if filled != run.span:
         raise VmemError(f"{run.table}: {filled} rows, but the manifest's range "
-                        f"[{run.start}, {run.stop}) has {run.evaluated} sequences")
+                        f"[{run.start}, {run.stop}) has {run.span} sequences")
+    if run.trained is not None:
+        run.untrained = run.span - int(np.count_nonzero(run.trained))
 
 
 def _record_batches(path: str, wanted: list[str], all_columns: list[str],
@@ -313,20 +341,37 @@ def _require_columns(found: list[str], needed: list[str], all_columns: list[str]
                         f"settings give {','.join(all_columns)}")
 
 
-def _column(batch: pa.RecordBatch, name: str, where: str) -> np.ndarray:
+def _column(batch: pa.RecordBatch, name: str, where: str, trained: np.ndarray | None = None,
+            index: np.ndarray | None = None) -> np.ndarray:
+    """The column's values; with `trained` (and the rows' `index`), empty exactly where it is
+    False, and filled there: 0 or False, NaN for a float."""
     column = batch.column(name)
-    if column.null_count:
+    if trained is None and column.null_count:
         raise VmemError(f"{where}: column {name} has empty values")
-    if name == "memorized":
+    if name in ("memorized", TRAINED):
         fits, kind = pa.types.is_boolean(column.type), "true/false values"
     elif name.startswith("cont_logprob") or name == "edit_similarity":
         fits, kind = pa.types.is_floating(column.type) or pa.types.is_integer(column.type), \
             "numbers"
     else:
         fits, kind = pa.types.is_integer(column.type), "integers"
-    if not fits:
+    # A CSV batch of untrained rows only reads as a column of nulls.
+    if not fits and not (trained is not None and pa.types.is_null(column.type)):
         raise VmemError(f"{where}: column {name} must hold {kind}, found {column.type}")
-    return column.to_numpy(zero_copy_only=False)
+    if trained is None:
+        return column.to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False) != trained)
+    if wrong.size:
+        at = wrong[0]
+        state = ("is empty at trained index" if trained[at] else
+                 "has a value at untrained index")
+        raise VmemError(f"{where}: column {name} {state} {index[at]} (an index the order's "
+                        f"instance filter masked holds no values, every other one all)")
+    if kind == "numbers":
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # NaN where empty
+    flags = kind == "true/false values"
+    return column.cast(pa.bool_() if flags else pa.int64()).fill_null(
+        False if flags else 0).to_numpy(zero_copy_only=False)
 
 
 def _read_manifest(path: str, s3_endpoint: str | None) -> dict:

@@ -5,7 +5,8 @@ sequences; and tables whose optional integer columns stay integers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from functools import reduce
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,25 @@ def chunks(start: int, stop: int) -> Iterator[tuple[int, int]]:
         yield a, min(a + CHUNK, stop)
 
 
+def filters_instances(runs: Sequence[Run]) -> bool:
+    """Whether any of `runs` was read through an order with an instance filter."""
+    return any(run.trained is not None for run in runs)
+
+
+def trained_mask(runs: Sequence[Run], start: int, stop: int) -> np.ndarray | None:
+    """Whether every one of `runs` trained on each index of [start, stop) (their orders'
+    instance filters); None when none has a filter: all did. Read-only: it may be a view."""
+    masks = [run.trained[start - run.start:stop - run.start] for run in runs
+             if run.trained is not None]
+    return reduce(np.logical_and, masks) if masks else None
+
+
+def trained_count(runs: Sequence[Run], start: int, stop: int) -> int:
+    """How many indices of [start, stop) every one of `runs` trained on."""
+    return sum(b - a if (mask := trained_mask(runs, a, b)) is None
+               else int(np.count_nonzero(mask)) for a, b in chunks(start, stop))
+
+
 def memorized_share(memorized: int, evaluated: int) -> float:
     return memorized / evaluated
 
@@ -31,8 +51,9 @@ def memorized_count(run: Run) -> int:
 def score_counts(run: Run) -> np.ndarray:
     """How many sequences reached each number of matches 0..cont_len (a generation run)."""
     counts = np.zeros(run.cont_len + 1, dtype=np.int64)
-    for a, b in chunks(0, run.evaluated):
+    for a, b in chunks(0, run.span):
         counts += np.bincount(run.matches[a:b], minlength=run.cont_len + 1)
+    counts[0] -= run.untrained  # an untrained index holds 0 matches and is no sequence scored
     return counts
 
 

@@ -18,7 +18,7 @@ from vmem.study.context import Study
 from vmem.study.display import count, show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
-from vmem.study.passes import chunks, frame
+from vmem.study.passes import chunks, frame, trained_count, trained_mask
 from vmem.study.plots import colors, legend, save
 
 # EleutherAI/pythia's mem_graph.py compares runs only below this index: 23,000 steps of 1,024
@@ -115,11 +115,13 @@ def confusion(cheap: Run, target: Run, bound: int | None = None) -> Confusion:
     both = by_cheap = by_target = 0
     for a, b in chunks(start, stop):
         c, t = cheap.memorized(a, b), target.memorized(a, b)
+        if (trained := trained_mask((cheap, target), a, b)) is not None:
+            c, t = c & trained, t & trained
         both += np.count_nonzero(c & t)
         by_cheap += np.count_nonzero(c)
         by_target += np.count_nonzero(t)
     return Confusion(tp=both, fp=by_cheap - both, fn=by_target - both,
-                     tn=(stop - start) - by_cheap - by_target + both)
+                     tn=trained_count((cheap, target), start, stop) - by_cheap - by_target + both)
 
 
 def predictability_table(comparisons: list[Comparison], bound: int | None = None

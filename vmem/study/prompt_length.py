@@ -50,7 +50,7 @@ def prompt_length_table(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         for length, prefix in sorted(run.prefix_by_prompt_len.items()):
             memorized = sum(int(np.count_nonzero(prefix[a:b] == run.cont_len))
-                            for a, b in chunks(0, run.evaluated))
+                            for a, b in chunks(0, run.span))
             rows.append(dict(run=run.name, model=run.label, step=run.step, prompt_len=length,
                              evaluated=run.evaluated, memorized=memorized,
                              share=memorized_share(memorized, run.evaluated)))

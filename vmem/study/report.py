@@ -23,6 +23,7 @@ from vmem.study import (
     index_trend,
     integrity,
     logprob,
+    passes,
     predictability,
     prompt_length,
     rates,
@@ -144,14 +145,24 @@ def _document(study: Study) -> Document:
         doc.bullets([integrity.describe_pair(a, b) for a, b in pairs])
 
     doc.heading("What was evaluated")
-    doc.table(show(pd.DataFrame(dict(
+    runs_table = pd.DataFrame(dict(
         run=[r.name for r in runs], model=[r.label for r in runs], suite=[r.suite for r in runs],
         step=[r.step for r in runs], params=[r.params for r in runs],
         indices=[f"[{count(r.start)}, {count(r.stop)})" for r in runs],
         sequences=[r.evaluated for r in runs], method=[r.method for r in runs],
         prompt_len=[",".join(map(str, sorted(r.prefix_by_prompt_len))) or str(r.prompt_len)
                     for r in runs], cont_len=[r.cont_len for r in runs],
-        logprobs=["yes" if r.cont_logprob is not None else "no" for r in runs]))))
+        logprobs=["yes" if r.cont_logprob is not None else "no" for r in runs]))
+    filtered = passes.filters_instances(runs)
+    if filtered:
+        runs_table.insert(runs_table.columns.get_loc("sequences") + 1, "untrained",
+                         [r.untrained for r in runs])
+    doc.table(show(runs_table))
+    if filtered:
+        doc.paragraph(f"In all, {count(sum(r.untrained for r in runs))} instances that the "
+                      f"order's instance filter masked (never trained on; per run: `untrained`) "
+                      f"are left out of every analysis: they keep their index, but no count, "
+                      f"share, mean or comparison includes them.")
 
     doc.heading("Headline numbers")
     doc.bullets(_headlines(study.tables))

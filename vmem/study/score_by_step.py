@@ -50,7 +50,8 @@ def section(doc: Document, study: Study) -> None:
 
 @dataclass(frozen=True)
 class StepProfile:
-    """Per training step: how many of the run's sequences it holds and their summed matches."""
+    """Per training step: how many of the run's (trained) sequences it holds and their summed
+    matches."""
 
     steps: np.ndarray
     sequences: np.ndarray
@@ -63,13 +64,23 @@ def step_profile(run: Run) -> StepProfile:
     edges = np.unique(np.concatenate(
         [[0], np.arange(first_boundary, run.stop, bs, dtype=np.int64) - run.start]))
     per_pass = max(1, passes.CHUNK // bs)  # steps summed per pass: reduceat copies to int64
-    sums = np.concatenate([
-        np.add.reduceat(run.matches[edges[i]:edges[i + per_pass] if i + per_pass < edges.size
-                                    else run.evaluated], edges[i:i + per_pass] - edges[i],
+    sums = per_step(run.matches, edges, per_pass)  # an untrained index holds 0 matches
+    if run.trained is None:
+        sizes = np.diff(np.append(edges, run.span))
+    else:  # steps without a trained sequence are left out
+        sizes = per_step(run.trained, edges, per_pass)
+        edges, sums, sizes = edges[sizes > 0], sums[sizes > 0], sizes[sizes > 0]
+    return StepProfile((run.start + edges) // bs, sizes, sums)
+
+
+def per_step(values: np.ndarray, edges: np.ndarray, per_pass: int) -> np.ndarray:
+    """The sum of `values` from each edge to the next (the last to the end), `per_pass` edges
+    at a time."""
+    return np.concatenate([
+        np.add.reduceat(values[edges[i]:edges[i + per_pass] if i + per_pass < edges.size
+                               else values.size], edges[i:i + per_pass] - edges[i],
                         dtype=np.int64)
         for i in range(0, edges.size, per_pass)])
-    sizes = np.diff(np.append(edges, run.evaluated))
-    return StepProfile((run.start + edges) // bs, sizes, sums)
 
 
 def score_by_step_table(runs: list[Run], profiles: dict[str, StepProfile],

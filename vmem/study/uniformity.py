@@ -64,6 +64,10 @@ def section(doc: Document, study: Study) -> None:
                   f"same counts, and the counts are integers (the notebook names the test but "
                   f"computes none). `tables/uniformity_counts.csv` has the observed and the "
                   f"Poisson number of windows per count.")
+    if passes.filters_instances(study.runs):
+        doc.paragraph(f"Instances the order's instance filter masked cannot leave their window: "
+                      f"they count as not memorized, so a window holding some has fewer than "
+                      f"{WINDOW} trained sequences, which the Poisson fit does not model.")
     doc.table(show(study.tables["uniformity"]))
     doc.figure(study.figures["uniformity"],
                "Q-Q plot of memorized sequences per window against the fitted Poisson "
@@ -74,8 +78,8 @@ def window_histogram(run: Run) -> np.ndarray | None:
     """How many windows [k·WINDOW, (k+1)·WINDOW) hold 0, 1, … WINDOW memorized sequences, over
     the whole windows among the sequences the run evaluated and its checkpoint had trained on
     (the notebook: `range(0, checkpoint*1024, 512)`); None without a whole window."""
-    trained = run.stop if run.step is None else min(run.stop, run.step * run.sequences_per_step)
-    start, stop = -(-run.start // WINDOW) * WINDOW, trained // WINDOW * WINDOW
+    seen = run.stop if run.step is None else min(run.stop, run.step * run.sequences_per_step)
+    start, stop = -(-run.start // WINDOW) * WINDOW, seen // WINDOW * WINDOW
     if start >= stop:
         return None
     histogram = np.zeros(WINDOW + 1, dtype=np.int64)
