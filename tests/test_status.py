@@ -37,7 +37,8 @@ def test_local_run_lists_the_slices_without_a_marker(capsys, tmp_path, tiny_mode
     assert status(capsys, out, "--num-tasks", "3", "--checkpoint", "3",
                   "--sequences-per-step", "30") == [0, 1, 2]
 
-    run_tasks(out, [0, 2], 3, tiny_model_dir, tiny_dataset, hf_engine)
+    # A run whose sequences per step is recorded: --checkpoint N counts in its steps.
+    run_tasks(out, [0, 2], 3, tiny_model_dir, tiny_dataset, hf_engine, sequences_per_step=30)
     assert status(capsys, out, "--num-tasks", "3") == [1]
     # Slices of another split are other slices: none of them has a marker.
     assert status(capsys, out, "--num-tasks", "2") == [0, 1]
@@ -46,8 +47,9 @@ def test_local_run_lists_the_slices_without_a_marker(capsys, tmp_path, tiny_mode
     assert "--num-tasks 0: expected at least 1" in cli_error(
         capsys, ["status", out, "--num-tasks", "0"])
 
-    run_tasks(out, [1], 3, tiny_model_dir, tiny_dataset, hf_engine)
+    run_tasks(out, [1], 3, tiny_model_dir, tiny_dataset, hf_engine, sequences_per_step=30)
     assert status(capsys, out, "--num-tasks", "3") == []
+    assert status(capsys, out, "--num-tasks", "3", "--checkpoint", "3") == []  # 30 per step
     assert {task_slice(0, STOP, t, 3) for t in range(3)} <= {
         tuple(map(int, p.stem.split("-")[1:])) for p in (tmp_path / "run" / "tasks").iterdir()}
 

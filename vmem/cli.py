@@ -434,12 +434,15 @@ def spot_command(args: argparse.Namespace) -> None:
 
 def status_command(args: argparse.Namespace) -> None:
     from vmem.data import selected_range
-    from vmem.runs.status import unfinished_tasks
+    from vmem.runs.status import recorded_step_size, unfinished_tasks
 
     requested = None
     if (args.start, args.stop, args.checkpoint) != (None, None, None):
+        per_step = args.sequences_per_step
+        if per_step is None and args.checkpoint is not None:
+            per_step = recorded_step_size(args.out, s3_endpoint=args.s3_endpoint)
         requested = selected_range(args.start, args.stop, checkpoint=args.checkpoint,
-                                   sequences_per_step=args.sequences_per_step)
+                                   sequences_per_step=per_step)
     todo = unfinished_tasks(args.out, args.num_tasks, requested, s3_endpoint=args.s3_endpoint)
     for task in todo:
         print(task)

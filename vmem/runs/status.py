@@ -16,6 +16,15 @@ from vmem.runs.folder import MANIFEST, finished_tasks, parse_manifest
 from vmem.runs.slicing import task_slice
 
 
+def recorded_step_size(out: str, *, s3_endpoint: str | None = None) -> int | None:
+    """The sequences per step a started run recorded (its order's batch), else None."""
+    folder = Location(out, s3_endpoint=s3_endpoint)
+    if not folder.is_folder() or not folder.exists(MANIFEST):
+        return None
+    return parse_manifest(folder.read_bytes(MANIFEST), folder.join(MANIFEST))["settings"].get(
+        "batch_size")
+
+
 def unfinished_tasks(out: str, num_tasks: int, requested: tuple[int, int] | None = None, *,
                      s3_endpoint: str | None = None) -> list[int]:
     """The ids of the `num_tasks`-way slices of the run in `out` without a completion marker.
