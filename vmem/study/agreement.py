@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from vmem.study.context import Study
 from vmem.study.display import show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
-from vmem.study.passes import chunks, frame, trained_count, trained_mask
+from vmem.study.passes import frame, joint_memorized, trained_count
 
 
 def tables(study: Study) -> dict[str, pd.DataFrame]:
@@ -53,14 +52,8 @@ def method_agreement_table(pairs: list[tuple[Run, Run]]) -> pd.DataFrame:
         sequences = trained_count((run, reference), start, stop)
         if not sequences:
             continue
-        both = only_run = only_reference = 0
-        for a, b in chunks(start, stop):
-            r, ref = run.memorized(a, b), reference.memorized(a, b)
-            if (trained := trained_mask((run, reference), a, b)) is not None:
-                r, ref = r & trained, ref & trained
-            both += np.count_nonzero(r & ref)
-            only_run += np.count_nonzero(r & ~ref)
-            only_reference += np.count_nonzero(ref & ~r)
+        both, by_run, by_reference = joint_memorized(run, reference, start, stop)
+        only_run, only_reference = by_run - both, by_reference - both
         rows.append(dict(run=run.name, method=run.method, reference=reference.name,
                          reference_method=reference.method, model=reference.label,
                          step=reference.step, sequences=sequences, memorized_both=both,

@@ -40,6 +40,20 @@ def trained_count(runs: Sequence[Run], start: int, stop: int) -> int:
                else int(np.count_nonzero(mask)) for a, b in chunks(start, stop))
 
 
+def joint_memorized(x: Run, y: Run, start: int, stop: int) -> tuple[int, int, int]:
+    """Over the indices of [start, stop) both runs trained on: how many both memorized, how many
+    `x` did, how many `y` did."""
+    both = by_x = by_y = 0
+    for a, b in chunks(start, stop):
+        mx, my = x.memorized(a, b), y.memorized(a, b)
+        if (trained := trained_mask((x, y), a, b)) is not None:
+            mx, my = mx & trained, my & trained
+        both += int(np.count_nonzero(mx & my))
+        by_x += int(np.count_nonzero(mx))
+        by_y += int(np.count_nonzero(my))
+    return both, by_x, by_y
+
+
 def memorized_share(memorized: int, evaluated: int) -> float:
     return memorized / evaluated
 

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -18,7 +17,7 @@ from vmem.study.context import Study
 from vmem.study.display import count, show
 from vmem.study.document import Document
 from vmem.study.merged_runs import Run
-from vmem.study.passes import chunks, frame, trained_count, trained_mask
+from vmem.study.passes import frame, joint_memorized, trained_count
 from vmem.study.plots import colors, legend, save
 
 # EleutherAI/pythia's mem_graph.py compares runs only below this index: 23,000 steps of 1,024
@@ -112,14 +111,7 @@ def overlap(a: Run, b: Run, bound: int | None = None) -> tuple[int, int]:
 
 def confusion(cheap: Run, target: Run, bound: int | None = None) -> Confusion:
     start, stop = overlap(cheap, target, bound)
-    both = by_cheap = by_target = 0
-    for a, b in chunks(start, stop):
-        c, t = cheap.memorized(a, b), target.memorized(a, b)
-        if (trained := trained_mask((cheap, target), a, b)) is not None:
-            c, t = c & trained, t & trained
-        both += np.count_nonzero(c & t)
-        by_cheap += np.count_nonzero(c)
-        by_target += np.count_nonzero(t)
+    both, by_cheap, by_target = joint_memorized(cheap, target, start, stop)
     return Confusion(tp=both, fp=by_cheap - both, fn=by_target - both,
                      tn=trained_count((cheap, target), start, stop) - by_cheap - by_target + both)
 
