@@ -31,7 +31,7 @@ from vmem import olmo
 from vmem.errors import VmemError
 from vmem.io import mmidx
 from vmem.io.atomic import atomic_path
-from vmem.io.location import Location, ReadBytes, is_s3, split
+from vmem.io.location import Location, ReadBytes, is_s3, sizes_of, split
 from vmem.pythia import SEQUENCES_PER_STEP
 
 RAW_SEQ_LEN = 2049  # Pythia's rows: 2048 inputs + 1 shifted target
@@ -698,8 +698,9 @@ def _open_olmo(folder: Location, seq_len: int | None, dtype: str | np.dtype | No
         indices_folder, indices_name = folder, record["file"]
     else:
         indices_folder, indices_name = split(record["file"], s3_endpoint=s3_endpoint)
-    listings = {indices_folder.url: indices_folder.files()}
-    indices_size = listings[indices_folder.url].get(indices_name)
+    indices_size, *sizes = sizes_of([indices_folder.join(indices_name),
+                                     *(entry["path"] for entry in order["files"])],
+                                    s3_endpoint=s3_endpoint)
     if indices_size != record["entries"] * olmo.INDEX_DTYPE.itemsize:
         raise VmemError(f"{indices_folder.join(indices_name)}: "
                         f"{'missing' if indices_size is None else f'{indices_size} bytes'}, but "
@@ -707,9 +708,8 @@ def _open_olmo(folder: Location, seq_len: int | None, dtype: str | np.dtype | No
                         f"with vmem data olmo")
     token_dtype, length = np.dtype(order["dtype"]), int(order["seq_len"])
     files = []
-    for entry in order["files"]:
+    for entry, size in zip(order["files"], sizes, strict=True):
         parent, name = split(entry["path"], s3_endpoint=s3_endpoint)
-        size = listings.setdefault(parent.url, parent.files()).get(name)
         if size != entry["bytes"]:
             raise VmemError(f"{entry['path']}: {'missing' if size is None else f'{size} bytes'}"
                             f", but {where} records {entry['bytes']} (the order was built over "

@@ -23,7 +23,7 @@ import numpy as np
 from vmem.errors import VmemError
 from vmem.io.atomic import atomic_path, write_atomic
 from vmem.io.checksum import sha256_of
-from vmem.io.location import Location, split
+from vmem.io.location import Location, sizes_of, split
 
 ORDER_FILE = "olmo-order.json"
 INDICES_FILE = "global_indices.npy"  # a raw uint32 memmap, as the trainer saves it
@@ -241,18 +241,15 @@ def build_order(config_path: str, output: str, *, root: str | None = None,
 
 def _token_files(paths: list[str], s3_endpoint: str | None) -> list[dict]:
     """Path and size of each token file; a missing one is one line (with how many are)."""
-    listings: dict[str, dict[str, int]] = {}
-    found, missing = [], []
-    for path in paths:
-        folder, name = split(path, s3_endpoint=s3_endpoint)
-        listing = listings.setdefault(folder.url, folder.files())
-        if name in listing:
-            found.append({"path": folder.join(name), "bytes": listing[name]})
-        else:
-            missing.append(path)
+    sizes = sizes_of(paths, s3_endpoint=s3_endpoint)
+    missing = [path for path, size in zip(paths, sizes, strict=True) if size is None]
     if missing:
         raise VmemError(f"{missing[0]}: not found ({len(missing)} of the config's {len(paths)} "
                         f"token files missing; check --root)")
+    found = []
+    for path, size in zip(paths, sizes, strict=True):
+        folder, name = split(path, s3_endpoint=s3_endpoint)  # the path as vmem names it
+        found.append({"path": folder.join(name), "bytes": size})
     return found
 
 

@@ -208,6 +208,19 @@ def split(url: str | os.PathLike, *, s3_endpoint: str | None = None) -> tuple[Lo
     return Location(os.path.dirname(path)), os.path.basename(path)
 
 
+def sizes_of(paths: list[str], *, s3_endpoint: str | None = None) -> list[int | None]:
+    """Each file's size in bytes (None where it is missing), listing each folder once: a
+    thousand files in a few folders cost a few listings, not a thousand."""
+    listings: dict[str, dict[str, int]] = {}
+    sizes = []
+    for path in paths:
+        folder, name = split(path, s3_endpoint=s3_endpoint)
+        if folder.url not in listings:
+            listings[folder.url] = folder.files()
+        sizes.append(listings[folder.url].get(name))
+    return sizes
+
+
 class Output:
     """Where a command writes: a local path or an s3:// URL (`flag` names it in messages).
 
